@@ -1,0 +1,217 @@
+"""Reverse-mode differentiation of an ONNX graph into another ONNX graph.
+
+``gradient_model`` walks the forward nodes that lie between the differentiated inputs and the target
+in reverse topological order, asks each node's rule (``rules.RULES``) for the cotangents of its
+inputs, sums fan-out contributions, and returns one model computing the target and the
+vector-Jacobian products. Only standard ``ai.onnx`` ops are emitted.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Sequence
+
+import onnx
+from onnx import helper
+
+from ..errors import OnnxvizError, RewriteError, UnsupportedOpError
+from .builder import FLOAT_TYPES, ForwardNode, GradBuilder, GraphInfo
+from .rules import RULES, ZERO_GRADIENT_OPS
+
+#: Opset every gradient graph is built at (models below are upgraded first).
+GRADIENT_OPSET = 18
+#: IR version of the models we write: the newest every supported onnxruntime reads.
+IR_VERSION = 10
+
+MODIFIERS = (None, "guided", "deconvnet")
+COTANGENT = "onnxviz_cotangent"
+META_TARGET = "onnxviz.grad.target"
+META_INPUTS = "onnxviz.grad.wrt"
+
+
+@dataclass(frozen=True)
+class GradientPlan:
+    """What differentiating ``target`` w.r.t. ``wrt`` involves, before anything is built."""
+
+    target: str
+    wrt: tuple[str, ...]
+    nodes: tuple[onnx.NodeProto, ...]  # active forward nodes, topological order
+    unsupported: dict[str, list[str]]  # op type -> node names lacking a rule
+
+    @property
+    def supported(self) -> bool:
+        return not self.unsupported
+
+
+def prepare(model: onnx.ModelProto | str | bytes, of: str | int | None = None) -> tuple[onnx.ModelProto, str]:
+    """Load, upgrade to GRADIENT_OPSET, truncate to the target tensor and infer shapes."""
+    from ..graph import find_layer, infer_shapes, load_model, opset_version
+    from ..rewrite import truncate, upgrade_opset
+
+    model = load_model(model)
+    if of is None:
+        target = model.graph.output[0].name
+    elif isinstance(of, str) and of in _value_names(model):
+        target = of
+    else:
+        target = find_layer(model, of).outputs[0]
+    if opset_version(model) < GRADIENT_OPSET:
+        try:
+            model = upgrade_opset(model, GRADIENT_OPSET)
+        except RewriteError as exc:
+            raise OnnxvizError(f"cannot upgrade the model to opset {GRADIENT_OPSET} for differentiation: {exc}") from exc
+    model = truncate(model, [target])
+    return infer_shapes(model), target
+
+
+def _value_names(model: onnx.ModelProto) -> set[str]:
+    names = {i.name for i in model.graph.input}
+    for node in model.graph.node:
+        names.update(node.output)
+    return names
+
+
+def plan(model: onnx.ModelProto, target: str, wrt: Sequence[str] | None = None) -> GradientPlan:
+    """Find the nodes that carry gradient from ``wrt`` to ``target`` (model already prepared)."""
+    info = GraphInfo(model)
+    initializers = {i.name for i in model.graph.initializer}
+    float_inputs = [i.name for i in model.graph.input
+                    if i.name not in initializers and info.dtype(i.name) in FLOAT_TYPES]
+    if wrt is None:
+        wrt = float_inputs
+    else:
+        wrt = list(wrt)
+        for name in wrt:
+            if name not in float_inputs:
+                raise OnnxvizError(
+                    f"cannot differentiate w.r.t. '{name}': not a floating-point model input "
+                    f"(inputs: {', '.join(float_inputs) or 'none'})")
+    # Forward sweep: which tensors depend differentiably on wrt.
+    live = set(wrt)
+    for node in model.graph.node:
+        if node.op_type in ZERO_GRADIENT_OPS:
+            continue
+        if any(i in live for i in node.input):
+            live.update(o for o in node.output if o and info.dtype(o) in FLOAT_TYPES)
+    # Backward sweep: which of those the target needs.
+    needed = {target}
+    active: list[onnx.NodeProto] = []
+    for node in reversed(model.graph.node):
+        if any(o in needed for o in node.output) and any(o in live for o in node.output):
+            active.append(node)
+            needed.update(i for i in node.input if i in live)
+    active.reverse()
+    unsupported: dict[str, list[str]] = {}
+    for node in active:
+        if node.op_type not in RULES or node.domain not in ("", "ai.onnx"):
+            unsupported.setdefault(node.op_type, []).append(node.name or node.output[0])
+    return GradientPlan(target, tuple(wrt), tuple(active), unsupported)
+
+
+def gradient_model(
+    model: onnx.ModelProto | str | bytes,
+    of: str | int | None = None,
+    wrt: Sequence[str] | None = None,
+    modifier: str | None = None,
+) -> onnx.ModelProto:
+    """Build the model ``(inputs..., cotangent) -> (target, d<cotangent.target>/d input...)``.
+
+    ``of`` is a tensor name or anything ``find_layer`` accepts (default: the first graph output);
+    ``wrt`` the inputs to differentiate (default: every floating-point input); ``modifier``
+    ``"guided"`` or ``"deconvnet"`` changes the backward pass of the ReLU family.
+    Raises ``UnsupportedOpError`` naming every op lacking a rule.
+    """
+    if modifier not in MODIFIERS:
+        raise OnnxvizError(f"unknown backprop modifier '{modifier}' (choose: guided, deconvnet)")
+    model, target = prepare(model, of)
+    the_plan = plan(model, target, wrt)
+    if not the_plan.supported:
+        raise UnsupportedOpError(the_plan.unsupported)
+    return _build(model, the_plan, modifier)
+
+
+def _build(model: onnx.ModelProto, the_plan: GradientPlan, modifier: str | None) -> onnx.ModelProto:
+    info = GraphInfo(model)
+    graph = model.graph
+    taken = {n for node in graph.node for n in list(node.input) + list(node.output)}
+    taken |= {i.name for i in graph.input} | {i.name for i in graph.initializer} | {n.name for n in graph.node}
+    g = GradBuilder(info, taken)
+    g.modifier = modifier
+
+    live = set(the_plan.wrt)
+    for node in the_plan.nodes:
+        live.update(node.output)
+    target = the_plan.target
+
+    cotangent = COTANGENT if COTANGENT not in taken else g.fresh("cotangent")
+    contributions: dict[str, list[str]] = {target: [cotangent]}
+
+    def total(name: str) -> str | None:
+        parts = contributions.get(name)
+        if not parts:
+            return None
+        if len(parts) == 1:
+            return parts[0]
+        summed = g.Sum(*parts) if len(parts) > 2 else g.Add(*parts)
+        contributions[name] = [summed]
+        return summed
+
+    for proto in reversed(the_plan.nodes):
+        gy = [total(o) if o else None for o in proto.output]
+        if all(v is None for v in gy):
+            continue
+        needs = [bool(i) and i in live for i in proto.input]
+        fnode = ForwardNode(proto, info, needs)
+        g.node = fnode
+        gx = RULES[proto.op_type](g, fnode, gy)
+        g.node = None
+        for name, grad, need in zip(proto.input, gx, needs):
+            if need and grad is not None:
+                contributions.setdefault(name, []).append(grad)
+
+    outputs = []
+    grad_names = []
+    for name in the_plan.wrt:
+        grad = total(name)
+        if grad is None:  # the target does not depend on this input
+            grad = g.zeros_like(name)
+        out_name = name + "_grad" if name + "_grad" not in taken else g.fresh(name + "_grad")
+        g.nodes.append(helper.make_node("Identity", [grad], [out_name], name=g.fresh("output")))
+        grad_names.append(out_name)
+
+    target_vi = _value_info(graph, target)
+    cot_vi = onnx.ValueInfoProto()
+    cot_vi.CopyFrom(target_vi)
+    cot_vi.name = cotangent
+    outputs.append(target_vi)
+    for inp, out_name in zip(the_plan.wrt, grad_names):
+        vi = onnx.ValueInfoProto()
+        vi.CopyFrom(_value_info(graph, inp))
+        vi.name = out_name
+        outputs.append(vi)
+
+    new_graph = helper.make_graph(
+        list(graph.node) + g.nodes,
+        (graph.name or "model") + "_gradient",
+        list(graph.input) + [cot_vi],
+        outputs,
+        initializer=list(graph.initializer) + g.initializers,
+        value_info=list(graph.value_info),
+    )
+    out = helper.make_model(new_graph, opset_imports=list(model.opset_import),
+                            producer_name="onnxviz.autodiff", ir_version=min(model.ir_version or IR_VERSION, IR_VERSION))
+    if out.ir_version < 8:
+        out.ir_version = IR_VERSION
+    for prop in model.metadata_props:
+        out.metadata_props.add(key=prop.key, value=prop.value)
+    helper.set_model_props(out, {**{p.key: p.value for p in out.metadata_props},
+                                 META_TARGET: target, META_INPUTS: json.dumps(list(the_plan.wrt))})
+    return out
+
+
+def _value_info(graph: onnx.GraphProto, name: str) -> onnx.ValueInfoProto:
+    for vi in list(graph.output) + list(graph.input) + list(graph.value_info):
+        if vi.name == name:
+            return vi
+    raise OnnxvizError(f"no type information for tensor '{name}'")

@@ -1,0 +1,322 @@
+"""Elementwise ops (numpy broadcasting): arithmetic, activations, selection, casts.
+
+Notation in comments: x, y inputs; z the forward output; gz its cotangent.
+"""
+
+from __future__ import annotations
+
+import math
+
+from . import rule
+
+
+def _out_shape(node):
+    return node.shape(node.output[0])
+
+
+def _binary(g, node, ga, gb):
+    """Unbroadcast per-operand gradients (None where not needed)."""
+    a, b = node.input[:2]
+    shape = _out_shape(node)
+    return [g.unbroadcast(ga(), a, shape) if node.needs[0] else None,
+            g.unbroadcast(gb(), b, shape) if node.needs[1] else None]
+
+
+@rule("Add")
+def add(g, node, gy):
+    return _binary(g, node, lambda: gy[0], lambda: gy[0])
+
+
+@rule("Sub")
+def sub(g, node, gy):
+    return _binary(g, node, lambda: gy[0], lambda: g.Neg(gy[0]))
+
+
+@rule("Mul")
+def mul(g, node, gy):
+    a, b = node.input
+    return _binary(g, node, lambda: g.Mul(gy[0], b), lambda: g.Mul(gy[0], a))
+
+
+@rule("Div")
+def div(g, node, gy):
+    a, b = node.input
+    z = node.output[0]
+    # dz/da = 1/b ; dz/db = -z/b
+    return _binary(g, node, lambda: g.Div(gy[0], b), lambda: g.Neg(g.Div(g.Mul(gy[0], z), b)))
+
+
+@rule("Pow")
+def pow_(g, node, gy):
+    a, b = node.input
+    z = node.output[0]
+    if node.dtype(b) != node.dtype(a):
+        b_float = g.Cast(b, to=node.dtype(a))
+    else:
+        b_float = b
+    one = g.const(1.0, like=a)
+    # dz/da = b * a^(b-1) ; dz/db = z * log(a)  (0 where a <= 0, the usual convention)
+    def da():
+        return g.Mul(gy[0], g.Mul(b_float, g.Pow(a, g.Sub(b_float, one))))
+
+    def db():
+        zero = g.const(0.0, like=a)
+        positive = g.Greater(a, zero)
+        safe_a = g.Where(positive, a, one)
+        return g.Mul(gy[0], g.Where(positive, g.Mul(z, g.Log(safe_a)), zero))
+
+    if node.needs[1] and node.dtype(b) != node.dtype(a):
+        return [g.unbroadcast(da(), a, _out_shape(node)) if node.needs[0] else None, None]
+    return _binary(g, node, da, db)
+
+
+@rule("Neg")
+def neg(g, node, gy):
+    return [g.Neg(gy[0])]
+
+
+@rule("Identity", "Dropout")
+def identity(g, node, gy):
+    # Dropout is differentiated in inference mode (identity), which is how visualization runs it.
+    if node.op_type == "Dropout" and node.has_input(2):
+        mode = node.value(2)
+        if mode is not None and bool(mode):
+            from ...errors import UnsupportedOpError
+
+            raise UnsupportedOpError({"Dropout": [node.name]}, "training_mode=1 is not differentiable")
+    return [gy[0]] + [None] * (len(node.input) - 1)
+
+
+@rule("Cast", "CastLike")
+def cast(g, node, gy):
+    x = node.input[0]
+    back = g.Cast(gy[0], to=node.dtype(x))
+    return [back] + [None] * (len(node.input) - 1)
+
+
+@rule("Abs")
+def abs_(g, node, gy):
+    x = node.input[0]
+    return [g.Mul(gy[0], g.Sign(x))]
+
+
+@rule("Sqrt")
+def sqrt(g, node, gy):
+    z = node.output[0]
+    return [g.Div(gy[0], g.Mul(g.const(2.0, like=z), z))]
+
+
+@rule("Exp")
+def exp(g, node, gy):
+    return [g.Mul(gy[0], node.output[0])]
+
+
+@rule("Log")
+def log(g, node, gy):
+    return [g.Div(gy[0], node.input[0])]
+
+
+@rule("Reciprocal")
+def reciprocal(g, node, gy):
+    z = node.output[0]
+    return [g.Neg(g.Mul(gy[0], g.Mul(z, z)))]
+
+
+@rule("Sigmoid")
+def sigmoid(g, node, gy):
+    z = node.output[0]
+    return [g.Mul(gy[0], g.Mul(z, g.Sub(g.const(1.0, like=z), z)))]
+
+
+@rule("Tanh")
+def tanh(g, node, gy):
+    z = node.output[0]
+    return [g.Mul(gy[0], g.Sub(g.const(1.0, like=z), g.Mul(z, z)))]
+
+
+@rule("Softplus")
+def softplus(g, node, gy):
+    return [g.Mul(gy[0], g.Sigmoid(node.input[0]))]
+
+
+@rule("Softsign")
+def softsign(g, node, gy):
+    x = node.input[0]
+    d = g.Add(g.const(1.0, like=x), g.Abs(x))
+    return [g.Div(gy[0], g.Mul(d, d))]
+
+
+@rule("Erf")
+def erf(g, node, gy):
+    x = node.input[0]
+    scale = g.const(2.0 / math.sqrt(math.pi), like=x)
+    return [g.Mul(gy[0], g.Mul(scale, g.Exp(g.Neg(g.Mul(x, x)))))]
+
+
+@rule("Gelu")
+def gelu(g, node, gy):
+    x = node.input[0]
+    c = lambda v: g.const(v, like=x)  # noqa: E731
+    if node.attr("approximate", "none") == "tanh":
+        # z = x/2 (1 + tanh(u)), u = k (x + 0.044715 x^3), k = sqrt(2/pi)
+        k = math.sqrt(2.0 / math.pi)
+        x2 = g.Mul(x, x)
+        u = g.Mul(c(k), g.Add(x, g.Mul(c(0.044715), g.Mul(x2, x))))
+        t = g.Tanh(u)
+        du = g.Mul(c(k), g.Add(c(1.0), g.Mul(c(3 * 0.044715), x2)))
+        d = g.Add(g.Mul(c(0.5), g.Add(c(1.0), t)),
+                  g.Mul(g.Mul(c(0.5), x), g.Mul(g.Sub(c(1.0), g.Mul(t, t)), du)))
+    else:
+        # z = x Phi(x): dz/dx = Phi(x) + x phi(x)
+        phi = g.Mul(c(1.0 / math.sqrt(2 * math.pi)), g.Exp(g.Mul(c(-0.5), g.Mul(x, x))))
+        cdf = g.Mul(c(0.5), g.Add(c(1.0), g.Erf(g.Mul(x, c(1.0 / math.sqrt(2.0))))))
+        d = g.Add(cdf, g.Mul(x, phi))
+    return [g.Mul(gy[0], d)]
+
+
+# ---- ReLU family: these honour the guided / deconvnet backprop modifiers --------------------------
+
+def _modified(g, grad_through, gy0, like):
+    """Apply the modifier: guided keeps only positive cotangents; deconvnet ignores the forward."""
+    zero = g.const(0.0, like=like)
+    if g.modifier == "guided":
+        return g.Where(g.Greater(gy0, zero), grad_through, zero)
+    return grad_through
+
+
+@rule("Relu")
+def relu(g, node, gy):
+    x = node.input[0]
+    zero = g.const(0.0, like=x)
+    if g.modifier == "deconvnet":
+        return [g.Relu(gy[0])]
+    through = g.Where(g.Greater(x, zero), gy[0], zero)
+    return [_modified(g, through, gy[0], x)]
+
+
+@rule("LeakyRelu")
+def leaky_relu(g, node, gy):
+    x = node.input[0]
+    alpha = node.attr("alpha", 0.01)
+    zero = g.const(0.0, like=x)
+    if g.modifier == "deconvnet":
+        return [g.Relu(gy[0])]
+    if g.modifier == "guided":
+        # guided: positive cotangent through positive inputs only (as for ReLU)
+        through = g.Where(g.Greater(x, zero), gy[0], zero)
+        return [_modified(g, through, gy[0], x)]
+    return [g.Where(g.Greater(x, zero), gy[0], g.Mul(gy[0], g.const(alpha, like=x)))]
+
+
+@rule("PRelu")
+def prelu(g, node, gy):
+    x, slope = node.input
+    zero = g.const(0.0, like=x)
+    positive = g.Greater(x, zero)
+    shape = _out_shape(node)
+    return [g.Where(positive, gy[0], g.Mul(gy[0], slope)) if node.needs[0] else None,
+            g.unbroadcast(g.Where(positive, zero, g.Mul(gy[0], x)), slope, shape) if node.needs[1] else None]
+
+
+@rule("Clip")
+def clip(g, node, gy):
+    x = node.input[0]
+    lo = node.input[1] if node.has_input(1) else None
+    hi = node.input[2] if node.has_input(2) else None
+    zero = g.const(0.0, like=x)
+    if g.modifier == "deconvnet" and lo is not None:
+        return [g.Relu(gy[0]), None, None][: len(node.input)]
+    inside = None
+    # Gradient flows where lo < x < hi (ties at the bounds get zero, as for ReLU at 0).
+    if lo is not None:
+        inside = g.Greater(x, lo)
+    if hi is not None:
+        below = g.Less(x, hi)
+        inside = below if inside is None else g.And(inside, below)
+    through = gy[0] if inside is None else g.Where(inside, gy[0], zero)
+    if lo is not None:
+        through = _modified(g, through, gy[0], x)
+    return [through] + [None] * (len(node.input) - 1)
+
+
+@rule("Elu")
+def elu(g, node, gy):
+    x = node.input[0]
+    z = node.output[0]
+    alpha = g.const(node.attr("alpha", 1.0), like=x)
+    zero = g.const(0.0, like=x)
+    return [g.Where(g.Greater(x, zero), gy[0], g.Mul(gy[0], g.Add(z, alpha)))]
+
+
+@rule("Selu")
+def selu(g, node, gy):
+    x = node.input[0]
+    alpha = node.attr("alpha", 1.67326319217681884765625)
+    gamma = node.attr("gamma", 1.05070102214813232421875)
+    zero = g.const(0.0, like=x)
+    neg = g.Mul(g.const(alpha * gamma, like=x), g.Exp(x))
+    return [g.Mul(gy[0], g.Where(g.Greater(x, zero), g.const(gamma, like=x), neg))]
+
+
+@rule("HardSigmoid")
+def hard_sigmoid(g, node, gy):
+    x = node.input[0]
+    alpha = node.attr("alpha", 0.2)
+    beta = node.attr("beta", 0.5)
+    u = g.Add(g.Mul(x, g.const(alpha, like=x)), g.const(beta, like=x))
+    inside = g.And(g.Greater(u, g.const(0.0, like=x)), g.Less(u, g.const(1.0, like=x)))
+    return [g.Where(inside, g.Mul(gy[0], g.const(alpha, like=x)), g.const(0.0, like=x))]
+
+
+@rule("HardSwish")
+def hard_swish(g, node, gy):
+    # z = x * clip(x/6 + 1/2, 0, 1): dz/dx = 0 (x < -3), x/3 + 1/2 (-3 < x < 3), 1 (x > 3)
+    x = node.input[0]
+    c = lambda v: g.const(v, like=x)  # noqa: E731
+    mid = g.Add(g.Div(x, c(3.0)), c(0.5))
+    d = g.Where(g.Less(x, c(-3.0)), c(0.0), g.Where(g.Greater(x, c(3.0)), c(1.0), mid))
+    return [g.Mul(gy[0], d)]
+
+
+# ---- selection ------------------------------------------------------------------------------------
+
+@rule("Max", "Min")
+def max_min(g, node, gy):
+    """Variadic max/min: the cotangent goes to the (first) operand that was selected."""
+    z = node.output[0]
+    shape = _out_shape(node)
+    zero = g.const(0.0, like=z)
+    out = []
+    taken = None  # elements already claimed by an earlier operand (ties go to the first)
+    for i, x in enumerate(node.input):
+        chosen = g.Equal(x, z)
+        free = chosen if taken is None else g.And(chosen, g.Not(taken))
+        if node.needs[i]:
+            out.append(g.unbroadcast(g.Where(free, gy[0], zero), x, shape))
+        else:
+            out.append(None)
+        taken = chosen if taken is None else g.Or(taken, chosen)
+    return out
+
+
+@rule("Sum")
+def sum_(g, node, gy):
+    shape = _out_shape(node)
+    return [g.unbroadcast(gy[0], x, shape) if need else None for x, need in zip(node.input, node.needs)]
+
+
+@rule("Mean")
+def mean(g, node, gy):
+    shape = _out_shape(node)
+    scaled = g.Div(gy[0], g.const(float(len(node.input)), like=node.output[0]))
+    return [g.unbroadcast(scaled, x, shape) if need else None for x, need in zip(node.input, node.needs)]
+
+
+@rule("Where")
+def where(g, node, gy):
+    cond, a, b = node.input
+    shape = _out_shape(node)
+    zero = g.const(0.0, like=node.output[0])
+    return [None,
+            g.unbroadcast(g.Where(cond, gy[0], zero), a, shape) if node.needs[1] else None,
+            g.unbroadcast(g.Where(cond, zero, gy[0]), b, shape) if node.needs[2] else None]

@@ -1,0 +1,219 @@
+"""Finite differences: the fallback gradient when a graph has ops without rules, and the oracle
+that proves the rules.
+
+Two engines evaluate a model:
+- :func:`session_function` — onnxruntime, float32, batched: fast, used for the fallback.
+- :class:`Float64Reference` — onnx's reference evaluator on a float64 copy of the model: slow but
+  exact enough (directional differences agree with true gradients to ~1e-7), used as the oracle.
+  onnxruntime lacks float64 kernels for Conv, AveragePool, Resize, Erf and more, hence this path.
+
+Estimators take ``f(x) -> y`` mapping a batch of inputs (B, ...) to outputs (B, ...), so each
+evaluates its perturbations as batches, never one at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+BatchFn = Callable[[np.ndarray], np.ndarray]
+
+_F32, _F64 = onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE
+
+
+# ---- float64 oracle --------------------------------------------------------------------------------
+
+def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` where every float32 tensor (inputs, weights, constants, casts) is float64."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    _graph_to_float64(out.graph)
+    return out
+
+
+def _graph_to_float64(graph: onnx.GraphProto) -> None:
+    for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if vi.type.tensor_type.elem_type == _F32:
+            vi.type.tensor_type.elem_type = _F64
+    for i, init in enumerate(graph.initializer):
+        if init.data_type == _F32:
+            arr = numpy_helper.to_array(init).astype(np.float64)
+            graph.initializer[i].CopyFrom(numpy_helper.from_array(arr, init.name))
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.name == "to" and attr.i == _F32 and node.op_type == "Cast":
+                attr.i = _F64
+            if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == _F32:
+                arr = numpy_helper.to_array(attr.t).astype(np.float64)
+                attr.t.CopyFrom(numpy_helper.from_array(arr, attr.t.name))
+            if attr.type == onnx.AttributeProto.GRAPH:
+                _graph_to_float64(attr.g)
+
+
+def _exact_ops() -> list:
+    """Reference kernels that lose float64 precision, replaced by exact ones."""
+    import math
+
+    from onnx.reference.op_run import OpRun
+
+    class Erf(OpRun):  # onnx's reference Erf rounds through float32
+        op_domain = ""
+
+        def _run(self, x):
+            return (np.vectorize(math.erf, otypes=[x.dtype])(x) if x.size else x.copy(),)
+
+    class Gelu(OpRun):  # the reference's exact mode also goes through a float32 erf
+        op_domain = ""
+
+        def _run(self, x, approximate="none"):
+            if approximate == "tanh":
+                inner = np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)
+                return ((0.5 * x * (1 + np.tanh(inner))).astype(x.dtype),)
+            erf = np.vectorize(math.erf, otypes=[x.dtype])(x / np.sqrt(2)) if x.size else x
+            return ((0.5 * x * (1 + erf)).astype(x.dtype),)
+
+    from onnx.reference.ops.op_conv_transpose import ConvTranspose as ReferenceConvTranspose
+
+    class ConvTranspose(ReferenceConvTranspose):  # the reference lacks group > 1
+        def _run(self, X, W, B=None, group=None, **attrs):
+            if not group or group == 1:
+                return super()._run(X, W, B, group=1, **attrs)
+            xs, ws = np.split(X, group, axis=1), np.split(W, group, axis=0)
+            bs = np.split(B, group) if B is not None else [None] * group
+            outs = [super(ConvTranspose, self)._run(x, w, b, group=1, **attrs)[0] for x, w, b in zip(xs, ws, bs)]
+            return (np.concatenate(outs, axis=1),)
+
+    return [Erf, Gelu, ConvTranspose]
+
+
+class Float64Reference:
+    """Evaluate a model exactly in float64 with onnx's reference evaluator.
+
+    Opsets below 17 are upgraded first: on some opset-11/12 exports the reference evaluator
+    disagrees with onnxruntime until converted.
+    """
+
+    def __init__(self, model: onnx.ModelProto):
+        from onnx.reference import ReferenceEvaluator
+
+        from .graph import opset_version
+        from .rewrite import upgrade_opset
+
+        if opset_version(model) < 17:
+            model = upgrade_opset(model, 18)
+        self.model = to_float64(model)
+        self._evaluator = ReferenceEvaluator(self.model, new_ops=_exact_ops())
+        self.input_names = [i.name for i in self.model.graph.input
+                            if i.name not in {t.name for t in self.model.graph.initializer}]
+        self.output_names = [o.name for o in self.model.graph.output]
+
+    def __call__(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:
+        cast = {k: (np.asarray(v, np.float64) if np.asarray(v).dtype.kind == "f" else np.asarray(v))
+                for k, v in feeds.items()}
+        return [np.asarray(r) for r in self._evaluator.run(outputs, cast)]
+
+
+# ---- estimators ------------------------------------------------------------------------------------
+
+def directional_derivative(f: Callable[[np.ndarray], float], x: np.ndarray, v: np.ndarray,
+                           eps: float = 1e-6) -> float:
+    """Central difference (f(x + eps v) - f(x - eps v)) / (2 eps) of a scalar function."""
+    return (f(x + eps * v) - f(x - eps * v)) / (2 * eps)
+
+
+def _chunks(total: int, size: int):
+    for start in range(0, total, size):
+        yield start, min(start + size, total)
+
+
+def exact_gradient(f: BatchFn, x: np.ndarray, cotangent: np.ndarray, eps: float = 1e-3,
+                   batch_size: int = 256) -> np.ndarray:
+    """Central differences over every input coordinate of every sample: grad of sum(f(x) * cotangent).
+
+    ``x`` has shape (N, ...) and ``f`` must treat samples independently (true of inference-mode
+    networks). Perturbed copies of each sample are stacked and evaluated ``batch_size`` at a time;
+    cost: 2 * x[0].size forward samples per sample.
+    """
+    x = np.asarray(x)
+    n = x.shape[0]
+    sample_size = int(np.prod(x.shape[1:]))
+    grad = np.zeros((n, sample_size), dtype=np.float64)
+    flat = x.reshape(n, sample_size)
+    cot = np.asarray(cotangent).reshape(n, -1)
+    for i in range(n):
+        coords = np.arange(sample_size)
+        for start, stop in _chunks(sample_size, max(1, batch_size // 2)):
+            idx = coords[start:stop]
+            k = len(idx)
+            pert = np.repeat(flat[i:i + 1], 2 * k, axis=0)
+            pert[np.arange(k), idx] += eps
+            pert[k + np.arange(k), idx] -= eps
+            out = np.asarray(f(pert.reshape((2 * k,) + x.shape[1:]).astype(x.dtype)), dtype=np.float64)
+            values = out.reshape(2 * k, -1) @ cot[i].astype(np.float64)
+            grad[i, idx] = (values[:k] - values[k:]) / (2 * eps)
+    return grad.reshape(x.shape).astype(x.dtype)
+
+
+def spsa_gradient(f: BatchFn, x: np.ndarray, cotangent: np.ndarray, samples: int = 64,
+                  eps: float = 1e-2, seed: int = 0, batch_size: int = 256) -> np.ndarray:
+    """Stochastic (SPSA) estimate of grad of sum(f(x) * cotangent) with Rademacher directions.
+
+    Unbiased up to O(eps^2); variance falls as 1/samples. Cost: 2 * samples forward samples per
+    input sample, independent of the input size — the estimator for large inputs.
+    """
+    x = np.asarray(x)
+    n = x.shape[0]
+    rng = np.random.default_rng(seed)
+    cot = np.asarray(cotangent).reshape(n, -1).astype(np.float64)
+    grad = np.zeros(x.shape, dtype=np.float64)
+    for i in range(n):
+        deltas = rng.choice(np.array([-1.0, 1.0]), size=(samples,) + x.shape[1:])
+        values = np.empty(2 * samples)
+        pert = np.concatenate([x[i] + eps * deltas, x[i] - eps * deltas]).astype(x.dtype)
+        for start, stop in _chunks(2 * samples, batch_size):
+            out = np.asarray(f(pert[start:stop]), dtype=np.float64)
+            values[start:stop] = out.reshape(stop - start, -1) @ cot[i]
+        diff = (values[:samples] - values[samples:]) / (2 * eps)
+        # For Rademacher deltas 1/delta == delta.
+        grad[i] = np.tensordot(diff, deltas, axes=1) / samples
+    return grad.astype(x.dtype)
+
+
+def session_function(model: onnx.ModelProto | bytes | str, output: str | None = None,
+                     providers: str = "auto") -> BatchFn:
+    """Wrap a single-input model in ``f(x) -> y`` on onnxruntime (one session, reused)."""
+    from .graph import load_model
+    from .runtime import make_session
+
+    model = load_model(model)
+    session = make_session(model, providers)
+    name = session.get_inputs()[0].name
+    out = [output] if output else [session.get_outputs()[0].name]
+    return lambda x: session.run(out, {name: x})[0]
+
+
+def single_node_model(op_type: str, inputs: dict[str, np.ndarray], attrs: dict | None = None,
+                      initializers: dict[str, np.ndarray] | None = None, n_outputs: int = 1,
+                      opset: int = 18, input_order: list[str] | None = None) -> onnx.ModelProto:
+    """A one-node model (graph inputs ``inputs``, constants ``initializers``) — for checking rules."""
+    initializers = initializers or {}
+    order = input_order or list(inputs) + list(initializers)
+    graph_inputs = [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+                    for k, v in inputs.items()]
+    outs = [f"out{i}" for i in range(n_outputs)]
+    node = helper.make_node(op_type, order, outs, name=op_type.lower(), **(attrs or {}))
+    graph = helper.make_graph(
+        [node], op_type.lower(), graph_inputs,
+        [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in outs],
+        initializer=[numpy_helper.from_array(np.asarray(v), k) for k, v in initializers.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    # Give outputs their inferred types so the model is valid.
+    vis = {vi.name: vi for vi in inferred.graph.value_info}
+    for out in inferred.graph.output:
+        if out.name in vis:
+            out.CopyFrom(vis[out.name])
+    return inferred

@@ -1,0 +1,112 @@
+"""Finite-difference checks of the elementwise gradient rules, with numpy broadcasting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gradcheck import check_op
+
+RNG = np.random.default_rng(0)
+
+
+def away_from_zero(shape, low=0.2, high=2.0, rng=RNG):
+    """Random values with |x| in [low, high]: keeps kinks (ReLU at 0, |x|, ...) out of FD's way."""
+    return rng.uniform(low, high, size=shape) * rng.choice([-1.0, 1.0], size=shape)
+
+
+def positive(shape, low=0.3, high=2.0):
+    return RNG.uniform(low, high, size=shape)
+
+
+BROADCAST_SHAPES = [((2, 3, 4), (2, 3, 4)), ((2, 3, 4), (4,)), ((2, 1, 4), (3, 1)), ((1,), (2, 3)),
+                    ((2, 3, 1, 5), (1, 3, 4, 1))]
+
+
+@pytest.mark.parametrize("op", ["Add", "Sub", "Mul", "Div"])
+@pytest.mark.parametrize("shapes", BROADCAST_SHAPES)
+def test_binary_arithmetic(op, shapes):
+    a = away_from_zero(shapes[0])
+    b = away_from_zero(shapes[1]) if op != "Div" else positive(shapes[1])
+    check_op(op, {"a": a, "b": b})
+
+
+@pytest.mark.parametrize("shapes", BROADCAST_SHAPES[:3])
+def test_pow(shapes):
+    check_op("Pow", {"a": positive(shapes[0]), "b": away_from_zero(shapes[1], 0.5, 2.0)})
+
+
+def test_pow_integer_exponent_constant():
+    check_op("Pow", {"a": away_from_zero((3, 4))}, initializers={"b": np.array(3, dtype=np.int64)})
+
+
+def test_binary_with_constant_operand_only_differentiates_input():
+    result = check_op("Mul", {"a": away_from_zero((2, 3))}, initializers={"b": away_from_zero((3,))})
+    assert list(result.grads) == ["a"]
+
+
+UNARY = {
+    "Neg": (away_from_zero, {}), "Abs": (away_from_zero, {}), "Sqrt": (positive, {}),
+    "Exp": (away_from_zero, {}), "Log": (positive, {}), "Reciprocal": (away_from_zero, {}),
+    "Relu": (away_from_zero, {}), "LeakyRelu": (away_from_zero, {"alpha": 0.1}),
+    "Elu": (away_from_zero, {"alpha": 0.7}), "Selu": (away_from_zero, {}),
+    "Sigmoid": (away_from_zero, {}), "HardSigmoid": (away_from_zero, {"alpha": 0.3, "beta": 0.4}),
+    "HardSwish": (lambda s: RNG.uniform(-5, 5, s), {}), "Tanh": (away_from_zero, {}),
+    "Softplus": (away_from_zero, {}), "Softsign": (away_from_zero, {}), "Erf": (away_from_zero, {}),
+    "Gelu": (away_from_zero, {}), "Identity": (away_from_zero, {}), "Dropout": (away_from_zero, {}),
+}
+
+
+@pytest.mark.parametrize("op", sorted(UNARY))
+def test_unary(op):
+    make, attrs = UNARY[op]
+    x = make((2, 3, 5))
+    if op == "HardSwish":  # keep away from the kinks at +-3
+        x = np.where(np.abs(np.abs(x) - 3) < 0.2, 1.0, x)
+    if op == "HardSigmoid":  # kinks where 0.3 x + 0.4 is 0 or 1
+        u = 0.3 * x + 0.4
+        x = np.where((np.abs(u) < 0.05) | (np.abs(u - 1) < 0.05), 0.5, x)
+    check_op(op, {"x": x}, attrs, opset=20 if op == "Gelu" else 18)
+
+
+def test_gelu_tanh_approximation():
+    check_op("Gelu", {"x": away_from_zero((4, 5))}, {"approximate": "tanh"}, opset=20)
+
+
+def test_prelu_broadcast_slope():
+    check_op("PRelu", {"x": away_from_zero((2, 3, 4, 4)), "slope": positive((3, 1, 1), 0.1, 0.5)})
+
+
+@pytest.mark.parametrize("bounds", [(-0.5, 0.7), (0.0, 6.0), (None, 0.5), (-0.5, None)])
+def test_clip(bounds):
+    x = RNG.uniform(-1.5, 7.0, size=(3, 4, 5))
+    lo, hi = bounds
+    for bound in (lo, hi):  # keep away from the bounds
+        if bound is not None:
+            x = np.where(np.abs(x - bound) < 0.05, bound + 0.3, x)
+    inits = {}
+    order = ["x"]
+    if lo is not None:
+        inits["lo"] = np.array(lo, np.float32)
+        order.append("lo")
+    else:
+        order.append("")
+    if hi is not None:
+        inits["hi"] = np.array(hi, np.float32)
+        order.append("hi")
+    check_op("Clip", {"x": x}, initializers=inits, input_order=order)
+
+
+@pytest.mark.parametrize("op", ["Max", "Min", "Sum", "Mean"])
+def test_variadic(op):
+    a, b, c = away_from_zero((2, 3, 4)), away_from_zero((3, 4)), away_from_zero((2, 1, 4))
+    check_op(op, {"a": a, "b": b, "c": c})
+
+
+def test_where_broadcast():
+    cond = RNG.random((2, 3, 4)) > 0.5
+    check_op("Where", {"cond": cond, "a": away_from_zero((3, 4)), "b": away_from_zero((2, 1, 4))})
+
+
+def test_cast_roundtrip_float_types():
+    check_op("Cast", {"x": away_from_zero((3, 4))}, {"to": 11})  # float -> double
