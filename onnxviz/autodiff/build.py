@@ -61,8 +61,18 @@ def prepare(model: onnx.ModelProto | str | bytes, of: str | int | None = None) -
             model = upgrade_opset(model, GRADIENT_OPSET)
         except RewriteError as exc:
             raise OnnxvizError(f"cannot upgrade the model to opset {GRADIENT_OPSET} for differentiation: {exc}") from exc
+    inputs = list(model.graph.input)
     model = truncate(model, [target])
+    # Keep every original input (the gradient model's contract), even those the target ignores.
+    kept = {i.name for i in model.graph.input}
+    if len(kept) < len(inputs):
+        del model.graph.input[:]
+        model.graph.input.extend(i for i in inputs if i.name in kept or not _is_initializer(model, i.name))
     return infer_shapes(model), target
+
+
+def _is_initializer(model: onnx.ModelProto, name: str) -> bool:
+    return any(t.name == name for t in model.graph.initializer)
 
 
 def _value_names(model: onnx.ModelProto) -> set[str]:
