@@ -1,0 +1,85 @@
+"""onnxviz: see what a trained neural network has learned (activation maximization, saliency, CAM)
+for any ONNX model, on onnx + onnxruntime alone.
+
+Importing onnxviz never imports a training framework (TensorFlow, Keras, PyTorch); onnxruntime is
+imported on first use.
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    ConversionError,
+    ImageError,
+    LayerNotFoundError,
+    MissingDependencyError,
+    ModelLoadError,
+    OnnxvizError,
+    ParityError,
+    RewriteError,
+    ShapeError,
+    UnsupportedOpError,
+)
+from .fileio import atomic_output, save_model
+from .graph import (
+    META_CLASSES,
+    META_LAYOUT,
+    META_RANGE,
+    META_SOURCE,
+    InputInfo,
+    Layer,
+    class_names,
+    find_layer,
+    infer_shapes,
+    input_info,
+    layer_names,
+    layer_table,
+    load_model,
+    metadata,
+    model_summary,
+    opset_version,
+    parameter_count,
+    set_metadata,
+    tensor_dtype,
+    tensor_shape,
+)
+from .rewrite import FinalActivation, expose, final_activation, to_logits, truncate, upgrade_opset
+from .runtime import available_providers, make_session
+from .shipped import shipped_model_path, shipped_models
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+
+        return version("onnxviz")
+    except PackageNotFoundError:  # a source checkout that was never installed: read pyproject.toml
+        import re
+        from pathlib import Path
+
+        try:
+            text = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
+            found = re.search(r'^version\s*=\s*"([^"]+)"', text, re.M)
+            return found.group(1) if found else "0+unknown"
+        except OSError:
+            return "0+unknown"
+
+
+__version__ = _version()
+
+__all__ = [
+    "__version__",
+    # errors
+    "OnnxvizError", "ModelLoadError", "LayerNotFoundError", "RewriteError", "ShapeError",
+    "UnsupportedOpError", "ConversionError", "ParityError", "MissingDependencyError", "ImageError",
+    # graph
+    "META_CLASSES", "META_LAYOUT", "META_RANGE", "META_SOURCE", "Layer", "InputInfo", "load_model",
+    "infer_shapes", "layer_table", "layer_names", "tensor_shape", "tensor_dtype", "find_layer",
+    "input_info", "metadata", "set_metadata", "class_names", "opset_version", "parameter_count",
+    "model_summary",
+    # rewrite
+    "FinalActivation", "final_activation", "to_logits", "expose", "truncate", "upgrade_opset",
+    # runtime
+    "available_providers", "make_session",
+    # files and shipped models
+    "atomic_output", "save_model", "shipped_model_path", "shipped_models",
+]
