@@ -1,0 +1,481 @@
+"""Framework models -> ONNX, with a parity check after every conversion.
+
+This package is the only place in onnxviz that touches a training framework, and it does so
+lazily: importing ``converters`` imports onnx and numpy only. ``to_onnx`` detects what it was
+given, hands it to the matching format module (``converters.keras`` for now), then does the
+steps every format shares: metadata, validation, the parity check against the source framework,
+and the atomic write of the output file.
+
+Adding a format (issue 6: H5, SavedModel, TFLite, PyTorch, ...) means one module with a
+``convert(source, options) -> Converted`` function and one :class:`SourceFormat` entry in
+:data:`FORMATS`; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxviz.errors import ConversionError, MissingDependencyError, ParityError
+from onnxviz.fileio import save_model
+
+try:  # the metadata keys are owned by onnxviz.graph; keep working while it is absent or broken
+    from onnxviz.graph import META_CLASSES, META_LAYOUT, META_RANGE, META_SOURCE
+except Exception:  # pragma: no cover - depends on the state of onnxviz.graph
+    META_LAYOUT = "onnxviz.input_layout"
+    META_RANGE = "onnxviz.input_range"
+    META_CLASSES = "onnxviz.class_names"
+    META_SOURCE = "onnxviz.source"
+
+__all__ = [
+    "to_onnx",
+    "ConversionResult",
+    "Converted",
+    "ConvertOptions",
+    "SourceFormat",
+    "FORMATS",
+    "supported_formats",
+    "detect_format",
+    "parity",
+    "set_metadata",
+    "random_inputs",
+    "missing_dependency",
+    "META_LAYOUT",
+    "META_RANGE",
+    "META_CLASSES",
+    "META_SOURCE",
+]
+
+Shape = Sequence[int]
+
+DEFAULT_ATOL = 1e-4
+DEFAULT_RTOL = 1e-4
+PARITY_BATCH = 2  # > 1 so that the parity run also proves the batch dimension is really free
+
+
+@dataclass
+class ConversionResult:
+    """What ``to_onnx`` produced: the model and how closely it matches its source.
+
+    ``max_abs_diff`` / ``max_rel_diff`` are ``None`` when no parity check ran (``check=False``,
+    or an ONNX file passed through unchanged). ``max_rel_diff`` is computed like
+    ``numpy.testing.assert_allclose`` reports it: max |onnx - source| / |source| over the
+    elements where the source is non-zero.
+    """
+
+    model: onnx.ModelProto
+    format: str
+    max_abs_diff: float | None
+    max_rel_diff: float | None
+    source_version: str
+    output: Path | None = None
+
+    def summary(self) -> str:
+        """One line for humans, e.g. for the CLI."""
+        if self.max_abs_diff is None:
+            parity_text = "parity not checked"
+        else:
+            parity_text = f"parity max abs diff {self.max_abs_diff:.3g}, max rel diff {self.max_rel_diff:.3g}"
+        where = f" -> {self.output}" if self.output else ""
+        return f"{self.format} ({self.source_version}): {parity_text}{where}"
+
+
+@dataclass
+class ConvertOptions:
+    """The caller's options, as every format module receives them."""
+
+    input_shape: list[tuple[int, ...]] | None = None  # one full shape (batch first) per input
+    opset: int | None = None
+    example_input: list[np.ndarray] | None = None
+
+
+@dataclass
+class Converted:
+    """What a format module returns; ``to_onnx`` does the rest (metadata, parity, saving).
+
+    ``run_source`` runs the source framework on a list of numpy inputs (in the ONNX graph's input
+    order) and returns its outputs in the graph's output order; ``None`` means there is nothing to
+    compare against (ONNX passthrough). ``metadata`` is merged into the model's metadata_props.
+    """
+
+    model: onnx.ModelProto
+    source_version: str
+    run_source: Callable[[list[np.ndarray]], list[np.ndarray]] | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    symbolic_batch: bool = True  # make the first dim of every graph input/output "batch"
+
+
+@dataclass(frozen=True)
+class SourceFormat:
+    """One supported source: how to recognise it (without importing its framework) and where
+    its converter lives (imported only when used)."""
+
+    name: str
+    description: str
+    matches: Callable[[Any], bool]
+    module: str  # "package.module:function"
+    extra: str | None = None  # the pip extra that provides its framework
+
+    def load_converter(self) -> Callable[[Any, ConvertOptions], Converted]:
+        module_name, _, function = self.module.partition(":")
+        return getattr(importlib.import_module(module_name), function)
+
+
+def _as_path(source: Any) -> Path | None:
+    if isinstance(source, (str, os.PathLike)):
+        return Path(source)
+    return None
+
+
+def _has_suffix(*suffixes: str) -> Callable[[Any], bool]:
+    def matches(source: Any) -> bool:
+        path = _as_path(source)
+        return path is not None and path.suffix.lower() in suffixes
+
+    return matches
+
+
+def _is_keras_model(source: Any) -> bool:
+    # Only a process that already imported keras can hold a Keras model: never import it here.
+    keras = sys.modules.get("keras")
+    model_type = getattr(keras, "Model", None) if keras is not None else None
+    return model_type is not None and isinstance(source, model_type)
+
+
+def _is_model_proto(source: Any) -> bool:
+    return isinstance(source, onnx.ModelProto)
+
+
+FORMATS: list[SourceFormat] = [
+    SourceFormat("keras", "a Keras 3 model object", _is_keras_model, "converters.keras:convert", "keras"),
+    SourceFormat("keras", "a Keras 3 .keras file", _has_suffix(".keras"), "converters.keras:convert", "keras"),
+    SourceFormat("onnx", "an .onnx file or onnx.ModelProto (validated, passed through)",
+                 lambda s: _is_model_proto(s) or _has_suffix(".onnx")(s), "converters:_convert_onnx"),
+]
+
+
+def supported_formats() -> str:
+    """The supported sources as one human-readable line (used in error messages)."""
+    return "; ".join(f.description for f in FORMATS)
+
+
+def detect_format(source: Any) -> SourceFormat:
+    """The :class:`SourceFormat` that handles ``source``, or ConversionError listing the supported ones."""
+    for source_format in FORMATS:
+        if source_format.matches(source):
+            return source_format
+    path = _as_path(source)
+    what = f"{str(path)!r}" if path is not None else f"an object of type {type(source).__module__}.{type(source).__qualname__}"
+    hint = " (a folder)" if path is not None and path.is_dir() else ""
+    raise ConversionError(f"cannot convert {what}{hint}: unsupported format. Supported: {supported_formats()}")
+
+
+def to_onnx(
+    source: Any,
+    *,
+    output: str | os.PathLike | None = None,
+    input_shape: Shape | Sequence[Shape] | None = None,
+    opset: int | None = None,
+    example_input: np.ndarray | Sequence[np.ndarray] | None = None,
+    check: bool = True,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+    input_range: tuple[float, float] | None = None,
+    class_names: Sequence[str] | None = None,
+    seed: int = 0,
+) -> ConversionResult:
+    """Convert a framework model (or validate an ONNX one) and check it against its source.
+
+    ``input_shape``: full shape(s), batch first, for models whose input size is not fixed (or never
+    built). ``example_input``: array(s) used to build the model and as the parity input instead of
+    random data. The parity check runs the source and onnxruntime on the same seeded random batch
+    (uniform in ``input_range`` when given, else standard normal); an element with
+    |onnx - source| > atol + rtol * |source| raises :class:`ParityError`. ``input_range`` and
+    ``class_names`` are stored in the model's metadata. ``output``, when given, is written
+    atomically: on any error no file (partial or otherwise) is left there.
+    """
+    source_format = detect_format(source)
+    options = ConvertOptions(
+        input_shape=_normalize_shapes(input_shape),
+        opset=opset,
+        example_input=_normalize_arrays(example_input),
+    )
+    if input_range is not None:
+        input_range = _validate_range(input_range)
+    try:
+        converter = source_format.load_converter()
+    except ImportError as e:  # the format module itself could not be imported
+        raise missing_dependency(source_format.extra or source_format.name, f"converting {source_format.description}", e) from e
+    converted = converter(source, options)
+    model = converted.model
+
+    if converted.symbolic_batch:
+        _make_batch_symbolic(model)
+    metadata = dict(converted.metadata)
+    if input_range is not None:
+        metadata[META_RANGE] = json.dumps([input_range[0], input_range[1]])
+    if class_names is not None:
+        if isinstance(class_names, str):
+            raise ConversionError("class_names must be a list of names, not one string")
+        class_names = [str(c) for c in class_names]
+        _check_class_count(model, class_names)
+        metadata[META_CLASSES] = json.dumps(class_names)
+    set_metadata(model, metadata)
+
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as e:
+        raise ConversionError(f"the converted model is not valid ONNX: {_first_line(e)}") from e
+
+    max_abs = max_rel = None
+    if check and converted.run_source is not None:
+        inputs = options.example_input or random_inputs(model, options.input_shape, input_range, seed)
+        max_abs, max_rel = parity(model, converted.run_source, inputs, atol=atol, rtol=rtol)
+
+    out_path = None
+    if output is not None:
+        out_path = save_model(model, output)  # temp file + os.replace: never a partial file
+    return ConversionResult(model, source_format.name, max_abs, max_rel, converted.source_version, out_path)
+
+
+def missing_dependency(extra: str, what: str, error: ImportError) -> MissingDependencyError:
+    """The error raised when a format's framework cannot be imported; it names the extra to install."""
+    missing = getattr(error, "name", None) or "a package that is not installed"
+    return MissingDependencyError(f"{what} needs {missing} ({error}): pip install \"onnxviz[{extra}]\"")
+
+
+# --------------------------------------------------------------------------- option checking
+
+def _normalize_shapes(input_shape: Shape | Sequence[Shape] | None) -> list[tuple[int, ...]] | None:
+    if input_shape is None:
+        return None
+    items = list(input_shape)
+    if items and all(isinstance(d, (int, np.integer)) for d in items):
+        items = [items]
+    shapes = []
+    for shape in items:
+        try:
+            dims = tuple(int(d) for d in shape)
+        except (TypeError, ValueError):
+            raise ConversionError(f"input_shape must be a shape or a list of shapes of ints, got {input_shape!r}") from None
+        if not dims or any(d <= 0 for d in dims):
+            raise ConversionError(f"input_shape dims must be positive, batch first, got {dims}")
+        shapes.append(dims)
+    return shapes
+
+
+def _normalize_arrays(example: np.ndarray | Sequence[np.ndarray] | None) -> list[np.ndarray] | None:
+    if example is None:
+        return None
+    if isinstance(example, np.ndarray):
+        return [example]
+    return [np.asarray(a) for a in example]
+
+
+def _validate_range(input_range: tuple[float, float]) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in input_range)
+    except (TypeError, ValueError):
+        raise ConversionError(f"input_range must be two numbers (lo, hi), got {input_range!r}") from None
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise ConversionError(f"input_range must be finite with lo < hi, got {input_range!r}")
+    return lo, hi
+
+
+def _check_class_count(model: onnx.ModelProto, class_names: list[str]) -> None:
+    outputs = model.graph.output
+    if len(outputs) != 1:
+        return
+    dims = outputs[0].type.tensor_type.shape.dim
+    if dims and dims[-1].HasField("dim_value") and dims[-1].dim_value != len(class_names):
+        raise ConversionError(
+            f"{len(class_names)} class names given but the model's output has {dims[-1].dim_value} classes"
+        )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+# --------------------------------------------------------------------------- shared model edits
+
+def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
+    """Set metadata_props entries, replacing existing keys."""
+    if not values:
+        return
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in values]
+    del model.metadata_props[:]
+    for key, value in kept + list(values.items()):
+        model.metadata_props.add(key=key, value=value)
+
+
+def _make_batch_symbolic(model: onnx.ModelProto, name: str = "batch") -> None:
+    """Give the first dimension of every graph input and output the symbolic name ``name``.
+
+    Exporters leave either a fixed size or an anonymous name (tf2onnx: ``unk__40``); one shared
+    name says that inputs and outputs share the batch. Rank-0 values are left alone.
+    """
+    for value in list(model.graph.input) + list(model.graph.output):
+        tensor_type = value.type.tensor_type
+        if not tensor_type.HasField("shape") or not tensor_type.shape.dim:
+            continue
+        dim = tensor_type.shape.dim[0]
+        dim.Clear()
+        dim.dim_param = name
+
+
+# --------------------------------------------------------------------------- parity
+
+def _input_specs(model: onnx.ModelProto) -> list[tuple[str, np.dtype, list[int | None]]]:
+    initializers = {i.name for i in model.graph.initializer}
+    specs = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tensor_type = value.type.tensor_type
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+        specs.append((value.name, dtype, dims))
+    return specs
+
+
+def random_inputs(
+    model: onnx.ModelProto,
+    input_shape: list[tuple[int, ...]] | None = None,
+    input_range: tuple[float, float] | None = None,
+    seed: int = 0,
+    batch: int = PARITY_BATCH,
+) -> list[np.ndarray]:
+    """A seeded random batch for every graph input: uniform in ``input_range`` (else standard
+    normal) for floats, small non-negative integers for ints. Free dims come from ``input_shape``
+    (batch excepted: a free batch gets ``batch``)."""
+    rng = np.random.default_rng(seed)
+    specs = _input_specs(model)
+    if input_shape is not None and len(input_shape) != len(specs):
+        raise ConversionError(f"input_shape gives {len(input_shape)} shapes but the model has {len(specs)} inputs")
+    arrays = []
+    for i, (name, dtype, dims) in enumerate(specs):
+        given = input_shape[i] if input_shape is not None else None
+        if given is not None and len(given) != len(dims):
+            raise ConversionError(f"input_shape {given} has rank {len(given)} but input {name!r} has rank {len(dims)}")
+        shape = []
+        for axis, dim in enumerate(dims):
+            if dim is not None:
+                shape.append(dim)
+            elif axis == 0:
+                shape.append(batch)
+            elif given is not None:
+                shape.append(given[axis])
+            else:
+                raise ConversionError(
+                    f"input {name!r} has a free dimension at axis {axis}; pass input_shape to fix it"
+                )
+        if dtype.kind == "f":
+            if input_range is not None:
+                data = rng.uniform(input_range[0], input_range[1], size=shape)
+            else:
+                data = rng.standard_normal(size=shape)
+        elif dtype.kind in "iu":
+            data = rng.integers(0, 10, size=shape)
+        elif dtype.kind == "b":
+            data = rng.integers(0, 2, size=shape).astype(bool)
+        else:
+            raise ConversionError(f"input {name!r} has dtype {dtype}; cannot make random data for it")
+        arrays.append(np.asarray(data).astype(dtype))
+    return arrays
+
+
+def parity(
+    model: onnx.ModelProto,
+    run_source: Callable[[list[np.ndarray]], list[np.ndarray]],
+    inputs: list[np.ndarray],
+    *,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+) -> tuple[float, float]:
+    """Run the source and onnxruntime (CPU) on ``inputs``; return (max abs diff, max rel diff).
+
+    Raises :class:`ParityError` when outputs differ in number or shape, or any element has
+    |onnx - source| > atol + rtol * |source|.
+    """
+    import onnxruntime as ort  # onnxruntime is a core dependency; imported here to keep import light
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise ConversionError(f"onnxruntime cannot load the converted model: {_first_line(e)}") from e
+    names = [i.name for i in session.get_inputs()]
+    if len(names) != len(inputs):
+        raise ConversionError(f"the model has {len(names)} inputs but {len(inputs)} parity inputs were given")
+    try:
+        got = session.run(None, dict(zip(names, inputs)))
+    except Exception as e:
+        raise ConversionError(f"onnxruntime cannot run the converted model: {_first_line(e)}") from e
+    expected = [np.asarray(a) for a in run_source(inputs)]
+    if len(got) != len(expected):
+        raise ParityError(f"the ONNX model has {len(got)} outputs, the source has {len(expected)}")
+    max_abs = max_rel = 0.0
+    for index, (ours, theirs) in enumerate(zip(got, expected)):
+        if ours.shape != theirs.shape:
+            raise ParityError(f"output {index}: ONNX shape {ours.shape} != source shape {theirs.shape}")
+        ours = ours.astype(np.float64)
+        theirs = theirs.astype(np.float64)
+        error = np.abs(ours - theirs)
+        if error.size == 0:
+            continue
+        if not np.all(np.isfinite(error)) and not np.array_equal(ours, theirs, equal_nan=True):
+            raise ParityError(f"output {index}: non-finite values differ between ONNX and the source")
+        error = np.where(np.isfinite(error), error, 0.0)
+        nonzero = theirs != 0
+        max_abs = max(max_abs, float(error.max()))
+        if nonzero.any():
+            max_rel = max(max_rel, float((error[nonzero] / np.abs(theirs[nonzero])).max()))
+        bad = error > atol + rtol * np.abs(theirs)
+        if bad.any():
+            where = np.unravel_index(int(np.argmax(error)), error.shape)
+            raise ParityError(
+                f"output {index}: ONNX differs from the source beyond tolerance (atol={atol:g}, rtol={rtol:g}): "
+                f"max abs diff {float(error.max()):.3g} at {tuple(int(i) for i in where)}, "
+                f"{int(bad.sum())} of {error.size} elements out of tolerance"
+            )
+    return max_abs, max_rel
+
+
+# --------------------------------------------------------------------------- ONNX passthrough
+
+def _convert_onnx(source: Any, options: ConvertOptions) -> Converted:
+    """An ONNX model in: load and validate it; no conversion, so nothing to compare against."""
+    if isinstance(source, onnx.ModelProto):
+        model = onnx.ModelProto()
+        model.CopyFrom(source)
+        label = "the given ModelProto"
+    else:
+        path = Path(source)
+        label = str(path)
+        if not path.is_file():
+            raise ConversionError(f"{path}: no such file")
+        try:
+            model = onnx.load(str(path))
+        except Exception as e:
+            raise ConversionError(f"{path}: not an ONNX model ({_first_line(e)})") from e
+    if not model.graph.node and not model.graph.output:
+        raise ConversionError(f"{label}: not an ONNX model (no graph)")
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as e:
+        raise ConversionError(f"{label}: invalid ONNX model ({_first_line(e)})") from e
+    producer = f"{model.producer_name} {model.producer_version}".strip()
+    return Converted(model, producer or "onnx", run_source=None, symbolic_batch=False)
+

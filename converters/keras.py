@@ -1,0 +1,375 @@
+"""Keras 3 model object or ``.keras`` file -> ONNX.
+
+Uses Keras' own exporter (``model.export(path, format="onnx")``, tf2onnx inside) because
+``tf2onnx.convert.from_keras`` fails on Keras 3 (KeyError 'keras_tensor_N'). The export is then
+made friendly to onnxviz: node names carry the Keras layer names again, the batch dimension is
+symbolic, and the metadata records the source and the input layout. ``to_onnx`` (in
+``converters``) adds the parity check and writes the file.
+
+Keras and TensorFlow are imported only when a conversion runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import logging
+import os
+import re
+import sys
+import tempfile
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from converters import META_LAYOUT, META_SOURCE, Converted, ConvertOptions, missing_dependency
+from onnxviz.errors import ConversionError
+
+__all__ = ["convert", "rename_exported_nodes", "layer_tree"]
+
+EXTRA = "keras"
+
+# Keras 3.15's exporter opens one TensorFlow name scope per model and per layer, and TensorFlow
+# makes each scope unique with one "_<digits>" suffix: model "sequential", layers "conv2d" and
+# "conv2d_1" export as "sequential_1/conv2d_1/..." and "sequential_1/conv2d_1_2/...".
+_SUFFIXED = re.compile(r"^(?P<base>.+)_(?P<n>\d+)$")
+
+LayerTree = dict[str, "LayerTree"]
+
+
+# --------------------------------------------------------------------------- quiet framework use
+
+def _import_keras() -> Any:
+    """Import keras, naming the extra to install when it (or its backend) is missing.
+
+    When TensorFlow is not imported yet and the user set no level, its C++ start-up logs are
+    silenced: TF_CPP_MIN_LOG_LEVEL is set for the import only (TensorFlow reads it once, at its first
+    log line) and the environment is restored afterwards.
+    """
+    if "keras" in sys.modules:
+        return sys.modules["keras"]
+    quiet = "TF_CPP_MIN_LOG_LEVEL" not in os.environ and "tensorflow" not in sys.modules
+    if quiet:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    try:
+        with _quiet():
+            import keras
+    except ImportError as e:
+        raise missing_dependency(EXTRA, "converting a Keras model", e) from e
+    finally:
+        if quiet:
+            os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    return keras
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Hide what the exporter prints (stdout chatter, Python warnings, tf2onnx/TF info logs) for
+    the duration of the block only, restoring every setting afterwards (tf2onnx also sets
+    TF_CPP_MIN_LOG_LEVEL=3 in os.environ when imported: that is undone too)."""
+    env_level = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+    loggers = [logging.getLogger(name) for name in ("tf2onnx", "tensorflow", "absl")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+        if env_level is None:
+            os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
+        else:
+            os.environ["TF_CPP_MIN_LOG_LEVEL"] = env_level
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _source_version(keras: Any) -> str:
+    backend = keras.backend.backend()
+    module = sys.modules.get(backend)
+    if module is None:
+        try:
+            module = importlib.import_module(backend)
+        except ImportError:
+            module = None
+    version = getattr(module, "__version__", "unknown")
+    return f"keras {keras.__version__} / {backend} {version}"
+
+
+# --------------------------------------------------------------------------- the conversion
+
+def convert(source: Any, options: ConvertOptions) -> Converted:
+    """Export a Keras 3 model (object or ``.keras`` path) to ONNX with Keras layer names kept."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():  # before importing TensorFlow: a typo should fail fast
+            raise ConversionError(f"{path}: no such file")
+        keras = _import_keras()
+        model = _load_keras_file(path, keras)
+    else:
+        keras = _import_keras()
+        model = source
+    if not isinstance(model, keras.Model):
+        raise ConversionError(f"expected a keras.Model, got {type(model).__qualname__}")
+
+    _ensure_called(model, options, keras)
+    with tempfile.TemporaryDirectory(prefix="onnxviz-keras-") as tmp:
+        exported = Path(tmp) / "model.onnx"
+        _export(model, exported, options, keras)
+        try:
+            onnx_model = onnx.load(str(exported))
+        except Exception as e:
+            raise ConversionError(f"Keras' ONNX export produced an unreadable file: {_first_line(e)}") from e
+
+    tree = layer_tree(model)
+    nodes = onnx_model.graph.node
+    for node, name in zip(nodes, rename_exported_nodes([n.name for n in nodes], model.name, tree)):
+        node.name = name
+    _drop_unused_opset_imports(onnx_model)
+
+    metadata = {META_SOURCE: _source_version(keras)}
+    layout = _image_layout(onnx_model, model, keras)
+    if layout is not None:
+        metadata[META_LAYOUT] = layout
+
+    def run_source(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        return _run_keras(model, inputs, keras)
+
+    return Converted(onnx_model, metadata[META_SOURCE], run_source=run_source, metadata=metadata)
+
+
+def _load_keras_file(path: Path, keras: Any) -> Any:
+    try:
+        with _quiet():
+            return keras.saving.load_model(path, compile=False)
+    except Exception as e:
+        raise ConversionError(f"{path}: cannot load as a Keras model ({_first_line(e)})") from e
+
+
+def _is_functional(model: Any) -> bool:
+    return any(cls.__name__ == "Functional" for cls in type(model).__mro__)
+
+
+def _declared_inputs(model: Any) -> list[Any] | None:
+    """The model's symbolic inputs (KerasTensors), or None when it has none yet (subclassed,
+    or a Sequential without an Input that was never built)."""
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        return None
+    return list(inputs) if inputs else None
+
+
+def _ensure_called(model: Any, options: ConvertOptions, keras: Any) -> None:
+    """Keras' exporter needs a model that has been called once: call it on a dummy batch if not."""
+    if model.built and getattr(model, "_called", True):
+        return
+    if options.example_input is not None:
+        batch = list(options.example_input)
+    else:
+        shapes = options.input_shape
+        declared = _declared_inputs(model)
+        if shapes is None and declared is not None:
+            shapes = []
+            for tensor in declared:
+                dims = list(tensor.shape)
+                if any(d is None for d in dims[1:]):
+                    raise ConversionError(
+                        f"model input {tensor.name!r} has free dimensions {tuple(dims)}; pass input_shape"
+                    )
+                shapes.append((1, *dims[1:]))
+        if shapes is None:
+            raise ConversionError(
+                f"Keras model {model.name!r} has never been built or called; pass input_shape "
+                "(batch first, e.g. (1, 28, 28, 1)) or example_input"
+            )
+        dtypes = [keras.backend.standardize_dtype(t.dtype) for t in declared] if declared else ["float32"] * len(shapes)
+        batch = [np.zeros(shape, dtype=dtype) for shape, dtype in zip(shapes, dtypes)]
+    try:
+        with _quiet():
+            model(batch[0] if len(batch) == 1 else batch, training=False)
+    except Exception as e:
+        raise ConversionError(f"calling Keras model {model.name!r} on a dummy batch failed: {_first_line(e)}") from e
+
+
+def _input_signature(model: Any, shapes: Sequence[tuple[int, ...]], keras: Any) -> list[Any]:
+    """An export signature from user-given shapes: batch left free, other dims fixed."""
+    declared = _declared_inputs(model) or []
+    if declared and len(declared) != len(shapes):
+        raise ConversionError(f"input_shape gives {len(shapes)} shapes but the model has {len(declared)} inputs")
+    specs = []
+    for i, shape in enumerate(shapes):
+        tensor = declared[i] if declared else None
+        dtype = keras.backend.standardize_dtype(tensor.dtype) if tensor is not None else "float32"
+        name = getattr(tensor, "name", None)
+        specs.append(keras.InputSpec(shape=(None, *shape[1:]), dtype=dtype, name=name))
+    if len(specs) > 1 and _is_functional(model):
+        return [specs]  # a functional model takes one positional argument: the list of its inputs
+    return specs
+
+
+def _export(model: Any, path: Path, options: ConvertOptions, keras: Any) -> None:
+    kwargs: dict[str, Any] = {"format": "onnx", "verbose": False}
+    if options.opset is not None:
+        kwargs["opset_version"] = int(options.opset)
+    if options.input_shape is not None:
+        kwargs["input_signature"] = _input_signature(model, options.input_shape, keras)
+    try:
+        with _quiet():
+            model.export(str(path), **kwargs)
+    except ImportError as e:  # tf2onnx (or the backend's exporter) missing
+        raise missing_dependency(EXTRA, "exporting a Keras model to ONNX", e) from e
+    except Exception as e:
+        raise ConversionError(f"Keras' ONNX export of {model.name!r} failed: {_first_line(e)}") from e
+    if not path.is_file():
+        raise ConversionError(f"Keras' ONNX export of {model.name!r} wrote no file")
+
+
+def _run_keras(model: Any, inputs: list[np.ndarray], keras: Any) -> list[np.ndarray]:
+    """The source side of the parity check: Keras inference, outputs flattened in export order."""
+    with _quiet():
+        outputs = model(inputs[0] if len(inputs) == 1 else list(inputs), training=False)
+    return [np.asarray(keras.ops.convert_to_numpy(t)) for t in keras.tree.flatten(outputs)]
+
+
+# --------------------------------------------------------------------------- layout
+
+def _walk_layers(layer: Any) -> Iterator[Any]:
+    for child in _sublayers(layer):
+        yield child
+        yield from _walk_layers(child)
+
+
+def _image_layout(onnx_model: onnx.ModelProto, model: Any, keras: Any) -> str | None:
+    """"NHWC" or "NCHW" when the model has a rank-4 (image) input, from the first layer that
+    declares a data_format (else Keras' global image_data_format); None for non-image inputs."""
+    ranks = [len(v.type.tensor_type.shape.dim) for v in onnx_model.graph.input]
+    if 4 not in ranks:
+        return None
+    data_format = next(
+        (layer.data_format for layer in _walk_layers(model)
+         if getattr(layer, "data_format", None) in ("channels_last", "channels_first")),
+        keras.config.image_data_format(),
+    )
+    return "NCHW" if data_format == "channels_first" else "NHWC"
+
+
+# --------------------------------------------------------------------------- names
+
+def _sublayers(layer: Any) -> list[Any]:
+    """Direct sub-layers: ``Model.layers``, else the layers tracked by a composite layer."""
+    layers = getattr(layer, "layers", None)
+    if layers is None:
+        flatten = getattr(layer, "_flatten_layers", None)
+        layers = list(flatten(include_self=False, recursive=False)) if callable(flatten) else []
+    return list(layers)
+
+
+def layer_tree(layer: Any) -> LayerTree:
+    """The names of a model's layers, nested for models/layers that contain layers."""
+    return {child.name: layer_tree(child) for child in _sublayers(layer)}
+
+
+def _model_scope(node_names: Sequence[str], model_name: str) -> tuple[str | None, bool | None]:
+    """Find the exported model scope and whether the export suffixes scopes.
+
+    Keras knows the model's exact name, so the first path segment tells the convention: equal to
+    the name -> scopes are plain; the name plus one ``_<digits>`` -> every scope carries one suffix.
+    Returns (scope, suffixed), or (None, None) when no segment matches the model's name.
+    """
+    counts = Counter(name.split("/", 1)[0] for name in node_names if "/" in name)
+    for segment, _ in counts.most_common():
+        if segment == model_name:
+            return segment, False
+        match = _SUFFIXED.match(segment)
+        if match and match["base"] == model_name:
+            return segment, True
+    return None, None
+
+
+def _match_layer(segment: str, level: LayerTree, suffixed: bool | None) -> str | None:
+    """The layer that scope ``segment`` belongs to at this level, under the export's convention."""
+    match = _SUFFIXED.match(segment)
+    stripped = match["base"] if match else None
+    if suffixed is True:
+        return stripped if stripped in level else None
+    if suffixed is False:
+        return segment if segment in level else None
+    # Convention unknown (no model scope found): prefer the suffixed reading, as Keras 3 exports.
+    if stripped in level:
+        return stripped
+    return segment if segment in level else None
+
+
+def rename_exported_nodes(node_names: Sequence[str], model_name: str, tree: LayerTree) -> list[str]:
+    """Map Keras-exported node names back to Keras layer names.
+
+    ``sequential_1/conv2d_1_2/convolution`` -> ``conv2d_1/convolution`` for a model ``sequential``
+    whose layers (``tree``) include ``conv2d_1``: the model scope is dropped and each layer scope
+    loses its one export suffix, checked against the real layer names level by level (nested models
+    keep their path, ``inner/dense/MatMul``). A node whose scope is no layer (nodes tf2onnx added,
+    such as ``Transpose__32``) keeps its name. Names stay unique (a clash gets ``__<k>``).
+    """
+    scope, suffixed = _model_scope(node_names, model_name)
+    renamed = []
+    for name in node_names:
+        parts = name.split("/")
+        if scope is not None:
+            if parts[0] != scope or len(parts) < 3:
+                renamed.append(name)
+                continue
+            start = 1
+        else:
+            start = 0
+        mapped: list[str] = []
+        level = tree
+        index = start
+        while index < len(parts) - 1:  # the last segment is the op, never a layer scope
+            layer = _match_layer(parts[index], level, suffixed)
+            if layer is None:
+                break
+            mapped.append(layer)
+            level = level[layer]
+            index += 1
+        renamed.append("/".join(mapped + parts[index:]) if mapped else name)
+    return _unique(renamed)
+
+
+def _unique(names: list[str]) -> list[str]:
+    """Keep the first of equal non-empty names; later ones get ``__<k>`` (a name not yet taken)."""
+    taken = set(names)
+    used: set[str] = set()
+    result = []
+    for name in names:
+        if name and name in used:
+            k = 1
+            while f"{name}__{k}" in taken:
+                k += 1
+            name = f"{name}__{k}"
+            taken.add(name)
+        used.add(name)
+        result.append(name)
+    return result
+
+
+def _drop_unused_opset_imports(model: onnx.ModelProto) -> None:
+    """tf2onnx declares ``ai.onnx.ml`` even when no node uses it; keep only domains in use."""
+    used = {node.domain or "" for node in model.graph.node}
+    for function in model.functions:
+        used.update(node.domain or "" for node in function.node)
+        used.add(function.domain)
+    kept = [op for op in model.opset_import if (op.domain or "") in ("", "ai.onnx") or op.domain in used]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
