@@ -55,6 +55,7 @@ def _graph_to_float64(graph: onnx.GraphProto) -> None:
 
 def _exact_ops() -> list:
     """Reference kernels that lose float64 precision, replaced by exact ones."""
+    import functools
     import math
 
     from onnx.reference.op_run import OpRun
@@ -79,6 +80,7 @@ def _exact_ops() -> list:
 
     class ConvTranspose(ReferenceConvTranspose):  # the reference lacks group > 1
         def _run(self, X, W, B=None, group=None, **attrs):
+            attrs = _explicit_conv_transpose_pads(X.shape[2:], W.shape[2:], attrs)
             if not group or group == 1:
                 return super()._run(X, W, B, group=1, **attrs)
             xs, ws = np.split(X, group, axis=1), np.split(W, group, axis=0)
@@ -86,7 +88,148 @@ def _exact_ops() -> list:
             outs = [super(ConvTranspose, self)._run(x, w, b, group=1, **attrs)[0] for x, w, b in zip(xs, ws, bs)]
             return (np.concatenate(outs, axis=1),)
 
-    return [Erf, Gelu, ConvTranspose]
+    from onnx.reference.ops.op_pad import Pad_18
+
+    class Pad(Pad_18):  # the reference rejects negative pads; onnxruntime crops first, then pads
+        def _run(self, data, pads, constant_value=None, axes=None, mode=None):
+            rank = data.ndim
+            axes = list(range(rank)) if axes is None else [int(a) % rank for a in axes]
+            pads, n = [int(p) for p in pads], len(axes)
+            crop = [slice(None)] * rank
+            for i, a in enumerate(axes):
+                crop[a] = slice(max(-pads[i], 0), data.shape[a] - max(-pads[n + i], 0))
+            kept = np.array([max(p, 0) for p in pads], dtype=np.int64)
+            return super()._run(data[tuple(crop)], kept, constant_value, axes, mode=mode)
+
+    def pool_windows(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode):
+        """ONNX pool windows (spec semantics): input positions, in-input mask and in-padding mask,
+        each shaped (*out, taps); values shaped (N, C, *out, taps)."""
+        k = len(kernel_shape)
+        strides, dilations, pads = strides or [1] * k, dilations or [1] * k, pads or [0] * (2 * k)
+        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else (auto_pad or "NOTSET")
+        pos, valid, inpad = [], [], []
+        for i, (n, kk, s, d) in enumerate(zip(x.shape[2:], kernel_shape, strides, dilations)):
+            extent = (kk - 1) * d + 1
+            if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+                out = -(-n // s)
+                total = max((out - 1) * s + extent - n, 0)
+                pb = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
+                pe = total - pb
+            else:
+                pb, pe = (0, 0) if auto_pad == "VALID" else (pads[i], pads[k + i])
+                span = n + pb + pe - extent
+                out = (-(-span // s) if ceil_mode else span // s) + 1
+                if ceil_mode and (out - 1) * s >= n + pb:  # no window may start in the end padding
+                    out -= 1
+            shape = [1] * (2 * k)
+            shape[2 * i], shape[2 * i + 1] = out, kk
+            p = ((np.arange(out) * s - pb)[:, None] + np.arange(kk)[None, :] * d).reshape(shape)
+            pos.append(p)
+            valid.append((p >= 0) & (p < n))
+            inpad.append((p >= -pb) & (p < n + pe))
+        order = [2 * i for i in range(k)] + [2 * i + 1 for i in range(k)]
+        full = np.broadcast_shapes(*[p.shape for p in pos])
+        outs = tuple(full[2 * i] for i in range(k))
+
+        def windows(a):  # (o0, k0, o1, k1, ...) -> (*out, taps)
+            return np.broadcast_to(a, full).transpose(order).reshape(outs + (-1,))
+
+        clipped = tuple(np.clip(p, 0, n - 1) for p, n in zip(pos, x.shape[2:]))
+        values = x[(slice(None), slice(None)) + clipped]
+        values = values.transpose([0, 1] + [2 + j for j in order]).reshape(x.shape[:2] + outs + (-1,))
+        return (values, [windows(p) for p in pos], windows(functools.reduce(np.logical_and, valid)),
+                windows(functools.reduce(np.logical_and, inpad)))
+
+    class MaxPool(OpRun):  # the reference drops Indices' batch/channel offsets, mis-sizes SAME/asymmetric pads
+        op_domain = ""
+
+        def _run(self, x, auto_pad=None, ceil_mode=0, dilations=None, kernel_shape=None, pads=None,
+                 storage_order=0, strides=None):
+            values, pos, valid, _ = pool_windows(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
+            values = np.where(valid, values, -np.inf)
+            best = values.argmax(axis=-1)[..., None]
+            y = np.take_along_axis(values, best, axis=-1)[..., 0].astype(x.dtype)
+            if len(self.output) == 1:
+                return (y,)
+            dims = list(x.shape[2:])
+            flat = np.zeros_like(pos[0])
+            for i in (range(len(dims)) if not storage_order else reversed(range(len(dims)))):
+                flat = flat * dims[i] + pos[i]
+            flat = np.broadcast_to(flat, values.shape)
+            plane = np.arange(x.shape[0] * x.shape[1]).reshape(x.shape[:2] + (1,) * (y.ndim - 2))
+            index = np.take_along_axis(flat, best, axis=-1)[..., 0] + plane * int(np.prod(dims))
+            return y, index.astype(np.int64)
+
+    class AveragePool(OpRun):  # the reference shifts windows when dilations meet ceil_mode
+        op_domain = ""
+
+        def _run(self, x, auto_pad=None, ceil_mode=0, count_include_pad=0, dilations=None, kernel_shape=None,
+                 pads=None, strides=None):
+            values, _, valid, inpad = pool_windows(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
+            total = np.where(valid, values, 0).sum(axis=-1)
+            return ((total / (inpad if count_include_pad else valid).sum(axis=-1)).astype(x.dtype),)
+
+    class LRN(OpRun):  # the reference sums over the wrong channel range (loops over the batch size)
+        op_domain = ""
+
+        def _run(self, x, alpha=1e-4, beta=0.75, bias=1.0, size=None):
+            lo, hi = (size - 1) // 2, size // 2  # window [c - floor((size-1)/2), c + ceil((size-1)/2)]
+            squares = np.pad(x * x, [(0, 0), (lo, hi)] + [(0, 0)] * (x.ndim - 2))
+            total = sum(squares[:, i:i + x.shape[1]] for i in range(size))
+            return ((x / (bias + alpha / size * total) ** beta).astype(x.dtype),)
+
+    class GroupNormalization(OpRun):  # the function body rounds through float32 (stash_type)
+        op_domain = ""
+
+        def _run(self, X, scale, bias, epsilon=1e-5, num_groups=None, stash_type=1):
+            n, c = X.shape[:2]
+            grouped = X.reshape(n, num_groups, -1)
+            mean = grouped.mean(axis=-1, keepdims=True)
+            var = ((grouped - mean) ** 2).mean(axis=-1, keepdims=True)
+            normal = (grouped - mean) / np.sqrt(var + epsilon)
+            if scale.size == num_groups:  # opset 18: one scale/bias per group (== per channel if C == G)
+                y = normal * scale.reshape(-1, 1) + bias.reshape(-1, 1)
+                return (y.reshape(X.shape).astype(X.dtype),)
+            per_channel = (c,) + (1,) * (X.ndim - 2)  # opset 21: one scale/bias per channel
+            y = normal.reshape(X.shape) * scale.reshape(per_channel) + bias.reshape(per_channel)
+            return (y.astype(X.dtype),)
+
+    class GlobalMaxPool(OpRun):  # the reference reduces the wrong axes for 1-D and 3-D inputs
+        op_domain = ""
+
+        def _run(self, x):
+            return (x.max(axis=tuple(range(2, x.ndim)), keepdims=True),)
+
+    return [Erf, Gelu, ConvTranspose, Pad, MaxPool, AveragePool, LRN, GroupNormalization, GlobalMaxPool]
+
+
+def _explicit_conv_transpose_pads(spatial, kernel, attrs: dict) -> dict:
+    """ConvTranspose attributes with ``output_shape`` / ``auto_pad`` SAME_* turned into explicit pads.
+
+    The reference evaluator crashes on ``output_shape`` without pads and extends SAME outputs where
+    onnxruntime does not; onnxruntime follows the spec's formulas (total = full + output_padding -
+    target; SAME_UPPER crops total // 2 at the head, otherwise total - total // 2), never crops a
+    negative total, and zero-extends the end up to an ``output_shape``.
+    """
+    auto_pad = attrs.get("auto_pad") or "NOTSET"
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    output_shape = attrs.get("output_shape")
+    if not output_shape and auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
+        return attrs
+    k = len(spatial)
+    strides = list(attrs.get("strides") or [1] * k)
+    dilations = list(attrs.get("dilations") or [1] * k)
+    out_pad = list(attrs.get("output_padding") or [0] * k)
+    targets = list(output_shape)[-k:] if output_shape else [n * s for n, s in zip(spatial, strides)]
+    begin, end = [], []
+    for i in range(k):
+        total = strides[i] * (spatial[i] - 1) + out_pad[i] + (kernel[i] - 1) * dilations[i] + 1 - targets[i]
+        if total < 0 and output_shape:
+            out_pad[i] -= total
+        total = max(total, 0)
+        begin.append(total // 2 if auto_pad == "SAME_UPPER" else total - total // 2)
+        end.append(total - begin[-1])
+    return {**attrs, "auto_pad": "NOTSET", "output_shape": None, "pads": begin + end, "output_padding": out_pad}
 
 
 class Float64Reference:
