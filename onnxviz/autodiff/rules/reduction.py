@@ -1,4 +1,4 @@
-"""Reductions and softmax: ReduceMean/Sum/Max/Min/L1/L2/SumSquare/LogSum/LogSumExp, Softmax,
+"""Reductions and softmax: ReduceMean/Sum/Prod/Max/Min/L1/L2/SumSquare/LogSum/LogSumExp, Softmax,
 LogSoftmax.
 
 Every reduction's backward pass has the same shape: put the reduced axes back into the cotangent
@@ -48,14 +48,20 @@ def _count(g, node, axes: list[int]) -> str:
     return g.Cast(g.ReduceProd(sizes, keepdims=0), to=node.dtype(x))
 
 
-def _reduce_rule(local):
-    """Make a rule from ``local(g, node, x, z_kept, gz_kept, axes) -> input cotangent``."""
+def _reduce_rule(local, elementwise: bool = False):
+    """Make a rule from ``local(g, node, x, z_kept, gz_kept, axes) -> input cotangent``.
+
+    With noop_with_empty_axes and no axes each element is reduced alone (ReduceSumSquare squares,
+    ReduceL1 takes |x|, ...): ``elementwise`` ops then apply ``local`` with no axes, others pass
+    the cotangent through.
+    """
 
     def grad(g, node, gy):
         axes = reduced_axes(node)
         x = node.input[0]
         if axes is None:
-            return [gy[0]] + [None] * (len(node.input) - 1)
+            dx = local(g, node, x, node.output[0], gy[0], []) if elementwise else gy[0]
+            return [dx] + [None] * (len(node.input) - 1)
         gz = _kept(g, node, gy[0], axes)
         z = _kept(g, node, node.output[0], axes)
         dx = local(g, node, x, z, gz, axes)
@@ -71,10 +77,11 @@ def _expand(g, node, t):
 rule("ReduceSum")(_reduce_rule(lambda g, node, x, z, gz, axes: _expand(g, node, gz)))
 rule("ReduceMean")(_reduce_rule(lambda g, node, x, z, gz, axes: _expand(g, node, g.Div(gz, _count(g, node, axes)))))
 rule("ReduceSumSquare")(_reduce_rule(
-    lambda g, node, x, z, gz, axes: g.Mul(g.Mul(x, g.const(2.0, like=x)), gz)))
-rule("ReduceL1")(_reduce_rule(lambda g, node, x, z, gz, axes: g.Mul(g.Sign(x), gz)))
-rule("ReduceL2")(_reduce_rule(lambda g, node, x, z, gz, axes: g.Mul(x, g.Div(gz, z))))
-rule("ReduceLogSum")(_reduce_rule(lambda g, node, x, z, gz, axes: _expand(g, node, g.Div(gz, g.Exp(z)))))
+    lambda g, node, x, z, gz, axes: g.Mul(g.Mul(x, g.const(2.0, like=x)), gz), elementwise=True))
+rule("ReduceL1")(_reduce_rule(lambda g, node, x, z, gz, axes: g.Mul(g.Sign(x), gz), elementwise=True))
+rule("ReduceL2")(_reduce_rule(lambda g, node, x, z, gz, axes: g.Mul(x, g.Div(gz, z)), elementwise=True))
+rule("ReduceLogSum")(_reduce_rule(
+    lambda g, node, x, z, gz, axes: _expand(g, node, g.Div(gz, g.Exp(z))), elementwise=True))
 rule("ReduceLogSumExp")(_reduce_rule(lambda g, node, x, z, gz, axes: g.Mul(g.Exp(g.Sub(x, z)), gz)))
 
 
@@ -86,6 +93,24 @@ def _extremum(g, node, x, z, gz, axes):
 
 
 rule("ReduceMax", "ReduceMin")(_reduce_rule(_extremum))
+
+
+def _product(g, node, x, z, gz, axes):
+    # dz/dx_i is the product of the other elements: z / x_i without zeros in the group; with one
+    # zero only that element gets the product of the rest; with two or more every element gets 0.
+    zero = g.const(0.0, like=x)
+    is_zero = g.Equal(x, zero)
+    zeros = g.ReduceSum(g.Cast(is_zero, to=node.dtype(x)), g.ints(axes), keepdims=1)
+    safe = g.Where(is_zero, g.const(1.0, like=x), x)
+    others = g.ReduceProd(safe, g.ints(axes), keepdims=1)  # product of the non-zero elements
+    no_zero = g.Div(others, safe)
+    one_zero = g.Where(is_zero, others, zero)
+    local = g.Where(g.Equal(zeros, zero), no_zero,
+                    g.Where(g.Equal(zeros, g.const(1.0, like=x)), one_zero, zero))
+    return g.Mul(local, gz)
+
+
+rule("ReduceProd")(_reduce_rule(_product))
 
 
 @rule("Softmax")
