@@ -355,6 +355,8 @@ def upgrade_opset(model: onnx.ModelProto, target: int = 18) -> onnx.ModelProto:
     except Exception as e:
         reason = re.sub(r"^\S+\.cc:\d+:\s*\w+:\s*", "", _one_line(e))  # drop the C++ source location
         raise RewriteError(f"cannot upgrade opset {current} to {target}: {reason}") from None
+    if current < 11:
+        _keep_legacy_resize_coordinates(model, converted)
     ops = [(o.domain, o.version) for o in converted.opset_import]
     try:
         converted.ir_version = max(converted.ir_version, helper.find_min_ir_version_for(
@@ -369,3 +371,19 @@ def upgrade_opset(model: onnx.ModelProto, target: int = 18) -> onnx.ModelProto:
         raise RewriteError(f"opset {current} to {target} conversion gave an invalid model: "
                            f"{_one_line(e)}") from None
     return converted
+
+
+def _keep_legacy_resize_coordinates(old: onnx.ModelProto, new: onnx.ModelProto) -> None:
+    """Upsample-9 / Resize-10 map output to input coordinates asymmetrically (x_in = x_out / scale)
+    and round nearest down; onnx's version converter emits Resize-11+ with the defaults half_pixel /
+    round_prefer_floor instead, which computes something else. Restore the old meaning."""
+    legacy = {n.output[0] for n in old.graph.node if n.op_type in ("Upsample", "Resize")}
+    for node in new.graph.node:
+        if node.op_type != "Resize" or node.output[0] not in legacy:
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        for name, value in (("coordinate_transformation_mode", "asymmetric"), ("nearest_mode", "floor")):
+            if name in attrs:
+                attrs[name].s = value.encode()
+            else:
+                node.attribute.append(helper.make_attribute(name, value))

@@ -571,14 +571,14 @@ def test_upsample_nearest_through_opset_upgrade():
              opset=9)
 
 
-@pytest.mark.xfail(strict=True, reason="onnx's version converter turns Upsample-9 / Resize-10 'linear' "
-                   "(asymmetric coordinates) into Resize-11+ with the default half_pixel: the upgraded "
-                   "model computes something else (needs a fix in rewrite.upgrade_opset)")
+# onnx's version converter turns Upsample-9 / Resize-10 (asymmetric coordinates) into Resize-11+ with
+# the default half_pixel; rewrite.upgrade_opset restores the old coordinates.
+@pytest.mark.parametrize("mode", ["linear", "nearest"])
 @pytest.mark.parametrize("op, opset", [("Upsample", 9), ("Resize", 10)])
-def test_linear_upsampling_keeps_its_meaning_through_the_opset_upgrade(op, opset):
+def test_legacy_upsampling_keeps_its_meaning_through_the_opset_upgrade(op, opset, mode):
     x = rand(1, 2, 3, 4).astype(np.float32)
-    model = single_node_model(op, {"x": x}, {"mode": "linear"}, {"scales": np.array([1, 1, 2, 3], np.float32)},
+    model = single_node_model(op, {"x": x}, {"mode": mode}, {"scales": np.array([1, 1, 2, 2.5], np.float32)},
                               opset=opset)
     grad = gradient_model(model)
-    y = ort_run(grad, {"x": x, COTANGENT: np.zeros((1, 2, 6, 12), np.float32)})[0]
+    y = ort_run(grad, {"x": x, COTANGENT: np.zeros((1, 2, 6, 10), np.float32)})[0]
     np.testing.assert_allclose(y, ort_run(model, {"x": x})[0], atol=1e-5)
