@@ -140,7 +140,7 @@ def _exact_ops() -> list:
         return (values, [windows(p) for p in pos], windows(functools.reduce(np.logical_and, valid)),
                 windows(functools.reduce(np.logical_and, inpad)))
 
-    class MaxPool(OpRun):  # the reference drops Indices' batch/channel offsets, mis-sizes SAME/asymmetric pads
+    class MaxPool(OpRun):  # the reference loses Indices' offsets at unit strides, mis-sizes auto_pad/pads
         op_domain = ""
 
         def _run(self, x, auto_pad=None, ceil_mode=0, dilations=None, kernel_shape=None, pads=None,
@@ -160,7 +160,7 @@ def _exact_ops() -> list:
             index = np.take_along_axis(flat, best, axis=-1)[..., 0] + plane * int(np.prod(dims))
             return y, index.astype(np.int64)
 
-    class AveragePool(OpRun):  # the reference shifts windows when dilations meet ceil_mode
+    class AveragePool(OpRun):  # the reference shifts windows when dilations meet ceil_mode, mis-sizes auto_pad
         op_domain = ""
 
         def _run(self, x, auto_pad=None, ceil_mode=0, count_include_pad=0, dilations=None, kernel_shape=None,
