@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
-import os
-
 from hypothesis import settings
 
 # Deterministic property tests: the same examples on every run and in CI (no flaky discoveries);
