@@ -16,7 +16,8 @@ import onnx
 from onnx import helper
 
 from .errors import LayerNotFoundError, RewriteError, ShapeError
-from .graph import _all_value_names, _not_found, _one_line, _value_types, infer_shapes, opset_version
+from .graph import (_all_value_names, _not_found, _one_line, _value_types, check_structure, infer_shapes,
+                    opset_version, weights_as_inputs)
 
 __all__ = ["FINAL_ACTIVATIONS", "PASS_THROUGH_OPS", "FinalActivation", "final_activation", "to_logits",
            "expose", "truncate", "upgrade_opset"]
@@ -350,11 +351,13 @@ def upgrade_opset(model: onnx.ModelProto, target: int = 18) -> onnx.ModelProto:
         return _copy(model)
     if current == 0:
         raise RewriteError("cannot upgrade the opset: the model imports no ai.onnx opset")
+    light = weights_as_inputs(model)  # the converter serializes its input: leave the weights out
     try:
-        converted = onnx.version_converter.convert_version(model, target)
+        converted = onnx.version_converter.convert_version(light, target)
     except Exception as e:
         reason = re.sub(r"^\S+\.cc:\d+:\s*\w+:\s*", "", _one_line(e))  # drop the C++ source location
         raise RewriteError(f"cannot upgrade opset {current} to {target}: {reason}") from None
+    _restore_weights(model, light, converted)
     if current < 11:
         _keep_legacy_resize_coordinates(model, converted)
     ops = [(o.domain, o.version) for o in converted.opset_import]
@@ -366,11 +369,24 @@ def upgrade_opset(model: onnx.ModelProto, target: int = 18) -> onnx.ModelProto:
     if not converted.metadata_props and model.metadata_props:
         converted.metadata_props.extend(model.metadata_props)
     try:
-        onnx.checker.check_model(converted)
+        check_structure(converted)
     except Exception as e:
         raise RewriteError(f"opset {current} to {target} conversion gave an invalid model: "
                            f"{_one_line(e)}") from None
     return converted
+
+
+def _restore_weights(model: onnx.ModelProto, light: onnx.ModelProto, converted: onnx.ModelProto) -> None:
+    """Put back the weights ``weights_as_inputs`` turned into inputs (same names, same order)."""
+    light_weights = {t.name for t in light.graph.initializer}
+    moved = [t for t in model.graph.initializer if t.name not in light_weights]
+    if not moved:
+        return
+    added = {t.name for t in moved} - {i.name for i in model.graph.input}  # inputs only for the converter
+    kept = [i for i in converted.graph.input if i.name not in added]
+    del converted.graph.input[:]
+    converted.graph.input.extend(kept)
+    converted.graph.initializer.extend(moved)
 
 
 def _keep_legacy_resize_coordinates(old: onnx.ModelProto, new: onnx.ModelProto) -> None:

@@ -131,6 +131,11 @@ class GraphInfo:
         return self.constants.get(name)
 
 
+def _dim_from_end(shape: tuple, k: int) -> Dim:
+    """The k-th dim counted from the end (1-based); 1 when the shape has fewer dims (broadcast)."""
+    return shape[-k] if k <= len(shape) else 1
+
+
 class GradBuilder:
     """Emits backward nodes and constants with fresh, collision-free names."""
 
@@ -199,20 +204,25 @@ class GradBuilder:
         return self.op("ConstantOfShape", [self.shape_of(name)], value=zero)
 
     # ---- broadcasting --------------------------------------------------------------------------
-    def unbroadcast(self, grad: str, like: str, grad_shape: Shape) -> str:
+    def unbroadcast(self, grad: str, like: str, grad_shape: Shape, others: Sequence[str] = ()) -> str:
         """Sum ``grad`` (shaped ``grad_shape``) down to the shape of forward tensor ``like``.
 
+        ``others`` are the operands ``like`` was broadcast against: an axis where all of them have
+        size 1 (or no axis at all) cannot have been broadcast, whatever the symbolic dims say.
         Static shapes give static axes; unknown dims fall back to axes computed at run time.
         """
         target = self.info.shape(like)
         if grad_shape is None or target is None:
             return self._unbroadcast_dynamic(grad, like, grad_shape)
         lead = len(grad_shape) - len(target)
+        other_shapes = [self.info.shape(o) for o in others]
         axes: list[int] = list(range(lead))
         for i, dt in enumerate(target):
             dg = grad_shape[lead + i]
             if dt == dg and dt is not None:
                 continue
+            if others and all(s is not None and _dim_from_end(s, len(target) - i) == 1 for s in other_shapes):
+                continue  # nothing else had a size > 1 here, so `like` was not expanded
             if dt == 1:
                 axes.append(lead + i)
             else:  # unknown relation (symbolic vs other): decide at run time

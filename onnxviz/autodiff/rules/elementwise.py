@@ -14,12 +14,17 @@ def _out_shape(node):
     return node.shape(node.output[0])
 
 
+def _rest(inputs, i):
+    """The operands other than the i-th (what it was broadcast against)."""
+    return [x for j, x in enumerate(inputs) if j != i]
+
+
 def _binary(g, node, ga, gb):
     """Unbroadcast per-operand gradients (None where not needed)."""
     a, b = node.input[:2]
     shape = _out_shape(node)
-    return [g.unbroadcast(ga(), a, shape) if node.needs[0] else None,
-            g.unbroadcast(gb(), b, shape) if node.needs[1] else None]
+    return [g.unbroadcast(ga(), a, shape, others=[b]) if node.needs[0] else None,
+            g.unbroadcast(gb(), b, shape, others=[a]) if node.needs[1] else None]
 
 
 @rule("Add")
@@ -186,12 +191,14 @@ def _modified(g, grad_through, gy0, like):
 
 @rule("Relu")
 def relu(g, node, gy):
-    x = node.input[0]
-    zero = g.const(0.0, like=x)
+    # The mask comes from the output (z > 0 exactly when x > 0): reading only z keeps
+    # onnxruntime's Conv+Relu / Gemm+Relu fusions intact in the forward half.
+    z = node.output[0]
+    zero = g.const(0.0, like=z)
     if g.modifier == "deconvnet":
         return [g.Relu(gy[0])]
-    through = g.Where(g.Greater(x, zero), gy[0], zero)
-    return [_modified(g, through, gy[0], x)]
+    through = g.Where(g.Greater(z, zero), gy[0], zero)
+    return [_modified(g, through, gy[0], z)]
 
 
 @rule("LeakyRelu")
@@ -227,11 +234,13 @@ def clip(g, node, gy):
     if g.modifier == "deconvnet" and lo is not None:
         return [g.Relu(gy[0]), None, None][: len(node.input)]
     inside = None
-    # Gradient flows where lo < x < hi (ties at the bounds get zero, as for ReLU at 0).
+    # Gradient flows where lo < x < hi (ties at the bounds get zero, as for ReLU at 0). The output
+    # z = clip(x) tells the same (lo < z < hi exactly when lo < x < hi) and keeps Conv+Clip fused.
+    z = node.output[0]
     if lo is not None:
-        inside = g.Greater(x, lo)
+        inside = g.Greater(z, lo)
     if hi is not None:
-        below = g.Less(x, hi)
+        below = g.Less(z, hi)
         inside = below if inside is None else g.And(inside, below)
     through = gy[0] if inside is None else g.Where(inside, gy[0], zero)
     if lo is not None:
@@ -292,7 +301,7 @@ def max_min(g, node, gy):
         chosen = g.Equal(x, z)
         free = chosen if taken is None else g.And(chosen, g.Not(taken))
         if node.needs[i]:
-            out.append(g.unbroadcast(g.Where(free, gy[0], zero), x, shape))
+            out.append(g.unbroadcast(g.Where(free, gy[0], zero), x, shape, others=_rest(node.input, i)))
         else:
             out.append(None)
         taken = chosen if taken is None else g.Or(taken, chosen)
@@ -302,14 +311,16 @@ def max_min(g, node, gy):
 @rule("Sum")
 def sum_(g, node, gy):
     shape = _out_shape(node)
-    return [g.unbroadcast(gy[0], x, shape) if need else None for x, need in zip(node.input, node.needs)]
+    return [g.unbroadcast(gy[0], x, shape, others=_rest(node.input, i)) if need else None
+            for i, (x, need) in enumerate(zip(node.input, node.needs))]
 
 
 @rule("Mean")
 def mean(g, node, gy):
     shape = _out_shape(node)
     scaled = g.Div(gy[0], g.const(float(len(node.input)), like=node.output[0]))
-    return [g.unbroadcast(scaled, x, shape) if need else None for x, need in zip(node.input, node.needs)]
+    return [g.unbroadcast(scaled, x, shape, others=_rest(node.input, i)) if need else None
+            for i, (x, need) in enumerate(zip(node.input, node.needs))]
 
 
 @rule("Where")
@@ -318,5 +329,5 @@ def where(g, node, gy):
     shape = _out_shape(node)
     zero = g.const(0.0, like=node.output[0])
     return [None,
-            g.unbroadcast(g.Where(cond, gy[0], zero), a, shape) if node.needs[1] else None,
-            g.unbroadcast(g.Where(cond, zero, gy[0]), b, shape) if node.needs[2] else None]
+            g.unbroadcast(g.Where(cond, gy[0], zero), a, shape, others=[cond, b]) if node.needs[1] else None,
+            g.unbroadcast(g.Where(cond, zero, gy[0]), b, shape, others=[cond, a]) if node.needs[2] else None]
