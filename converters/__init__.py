@@ -2,13 +2,25 @@
 
 This package is the only place in onnxviz that touches a training framework, and it does so
 lazily: importing ``converters`` imports onnx and numpy only. ``to_onnx`` detects what it was
-given, hands it to the matching format module (``converters.keras`` for now), then does the
-steps every format shares: metadata, validation, the parity check against the source framework,
-and the atomic write of the output file.
+given (by type, file suffix or the file's first bytes, never by importing a framework), hands it
+to the matching format module, then does the steps every format shares: metadata, validation, the
+parity check against the source framework, and the atomic write of the output file.
 
-Adding a format (issue 6: H5, SavedModel, TFLite, PyTorch, ...) means one module with a
-``convert(source, options) -> Converted`` function and one :class:`SourceFormat` entry in
-:data:`FORMATS`; nothing else changes.
+=============  ==========================================  ==========================================
+format         source                                      how it converts
+=============  ==========================================  ==========================================
+keras          Keras 3 model object, ``.keras`` file       ``model.export(format="onnx")`` (tf2onnx)
+h5             legacy Keras 2 / tf.keras ``.h5`` file       ``keras.models.load_model``, then as keras
+savedmodel     TensorFlow SavedModel folder                tf2onnx from the frozen serving signature
+tflite         ``.tflite`` flatbuffer                      ``tf2onnx.convert.from_tflite``
+torch          PyTorch ``nn.Module`` + ``example_input``   ``torch.onnx.export`` (TorchScript-based,
+                                                           else the torch.export-based exporter)
+torchscript    ``.pt``/``.pth`` from ``torch.jit.save``    ``torch.jit.load``, then as torch
+onnx           ``.onnx`` file or ``onnx.ModelProto``        validated, passed through
+=============  ==========================================  ==========================================
+
+Adding a format means one module with a ``convert(source, options) -> Converted`` function and
+one :class:`SourceFormat` entry in :data:`FORMATS`; nothing else changes.
 """
 
 from __future__ import annotations
@@ -17,6 +29,7 @@ import importlib
 import json
 import os
 import sys
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +40,7 @@ import onnx
 
 from onnxviz.errors import ConversionError, MissingDependencyError, ParityError
 from onnxviz.fileio import save_model
+from onnxviz.runtime import DISABLED_OPTIMIZERS
 
 try:  # the metadata keys are owned by onnxviz.graph; keep working while it is absent or broken
     from onnxviz.graph import META_CLASSES, META_LAYOUT, META_RANGE, META_SOURCE
@@ -49,6 +63,9 @@ __all__ = [
     "set_metadata",
     "random_inputs",
     "missing_dependency",
+    "layout_metadata",
+    "ORT_DISABLED_OPTIMIZERS",
+    "drop_unused_opset_imports",
     "META_LAYOUT",
     "META_RANGE",
     "META_CLASSES",
@@ -60,14 +77,21 @@ Shape = Sequence[int]
 DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-4
 PARITY_BATCH = 2  # > 1 so that the parity run also proves the batch dimension is really free
+MIN_OPSET = 9  # older opsets lack the ops every exporter here needs (and onnxruntime's support wanes)
+MAX_IR_VERSION = 10  # onnxruntime 1.18+ reads IR <= 10; onnx 1.23 writes 14 unless told otherwise
+#: onnxruntime graph rewrites that change results, off in the parity session as in every engine
+#: session (see onnxviz.runtime.DISABLED_OPTIMIZERS: Pad_Fusion breaks ZeroPadding2D + MaxPool).
+ORT_DISABLED_OPTIMIZERS = DISABLED_OPTIMIZERS
 
 
 @dataclass
 class ConversionResult:
     """What ``to_onnx`` produced: the model and how closely it matches its source.
 
-    ``max_abs_diff`` / ``max_rel_diff`` are ``None`` when no parity check ran (``check=False``,
-    or an ONNX file passed through unchanged). ``max_rel_diff`` is computed like
+    ``format`` is the :class:`SourceFormat` name (``keras``, ``h5``, ``savedmodel``, ``tflite``,
+    ``torch``, ``torchscript``, ``onnx``). ``max_abs_diff`` / ``max_rel_diff`` are ``None`` when no
+    parity check ran (``check=False``, or an ONNX file passed through unchanged; an ONNX file
+    upgraded to another ``opset`` is checked against the original). ``max_rel_diff`` is computed like
     ``numpy.testing.assert_allclose`` reports it: max |onnx - source| / |source| over the
     elements where the source is non-zero.
     """
@@ -105,13 +129,15 @@ class Converted:
     ``run_source`` runs the source framework on a list of numpy inputs (in the ONNX graph's input
     order) and returns its outputs in the graph's output order; ``None`` means there is nothing to
     compare against (ONNX passthrough). ``metadata`` is merged into the model's metadata_props.
+    ``symbolic_batch``: name the free first dimension of every graph input/output ``batch`` (fixed
+    first dimensions stay); formats that name it themselves, or whose batch is fixed, say False.
     """
 
     model: onnx.ModelProto
     source_version: str
     run_source: Callable[[list[np.ndarray]], list[np.ndarray]] | None = None
     metadata: dict[str, str] = field(default_factory=dict)
-    symbolic_batch: bool = True  # make the first dim of every graph input/output "batch"
+    symbolic_batch: bool = True
 
 
 @dataclass(frozen=True)
@@ -144,6 +170,66 @@ def _has_suffix(*suffixes: str) -> Callable[[Any], bool]:
     return matches
 
 
+def _head(path: Path, size: int = 8) -> bytes:
+    """The first ``size`` bytes of a regular file (b"" for folders and unreadable paths)."""
+    try:
+        if not path.is_file():
+            return b""
+        with path.open("rb") as f:
+            return f.read(size)
+    except OSError:
+        return b""
+
+
+def _zip_names(path: Path) -> list[str]:
+    """Member names when ``path`` is a zip archive, else []."""
+    if _head(path, 4) != b"PK\x03\x04":
+        return []
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return []
+
+
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def _is_hdf5(path: Path) -> bool:
+    # HDF5's signature sits at offset 0, 512, 1024, ... (a user block may precede it).
+    try:
+        if not path.is_file():
+            return False
+        with path.open("rb") as f:
+            for offset in (0, 512, 1024, 2048):
+                f.seek(offset)
+                if f.read(8) == _HDF5_MAGIC:
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+def _is_torchscript_archive(names: Sequence[str]) -> bool:
+    # torch.jit.save writes <archive>/code/__torch__/...; torch.save (a pickle) has no code/ folder.
+    return any("/code/" in name for name in names)
+
+
+def _file_format(*suffixes: str, sniff: Callable[[Path], bool]) -> Callable[[Any], bool]:
+    """A path with one of ``suffixes``, or a file with another suffix whose content ``sniff`` recognises."""
+    by_suffix = _has_suffix(*suffixes)
+
+    def matches(source: Any) -> bool:
+        path = _as_path(source)
+        if path is None:
+            return False
+        if by_suffix(source):
+            return True
+        return path.suffix.lower() not in _KNOWN_SUFFIXES and sniff(path)
+
+    return matches
+
+
 def _is_keras_model(source: Any) -> bool:
     # Only a process that already imported keras can hold a Keras model: never import it here.
     keras = sys.modules.get("keras")
@@ -151,13 +237,41 @@ def _is_keras_model(source: Any) -> bool:
     return model_type is not None and isinstance(source, model_type)
 
 
+def _is_torch_module(source: Any) -> bool:
+    # Only a process that already imported torch can hold a module (a ScriptModule is one too).
+    torch = sys.modules.get("torch")
+    module_type = getattr(getattr(torch, "nn", None), "Module", None) if torch is not None else None
+    return module_type is not None and isinstance(source, module_type)
+
+
 def _is_model_proto(source: Any) -> bool:
     return isinstance(source, onnx.ModelProto)
 
 
+def _is_saved_model(source: Any) -> bool:
+    path = _as_path(source)
+    return path is not None and path.is_dir() and any(
+        (path / name).is_file() for name in ("saved_model.pb", "saved_model.pbtxt"))
+
+
+_KNOWN_SUFFIXES = {".keras", ".h5", ".hdf5", ".tflite", ".pt", ".pth", ".torchscript", ".onnx"}
+
 FORMATS: list[SourceFormat] = [
     SourceFormat("keras", "a Keras 3 model object", _is_keras_model, "converters.keras:convert", "keras"),
-    SourceFormat("keras", "a Keras 3 .keras file", _has_suffix(".keras"), "converters.keras:convert", "keras"),
+    SourceFormat("torch", "a PyTorch nn.Module (with example_input or input_shape)", _is_torch_module,
+                 "converters.pytorch:convert", "torch"),
+    SourceFormat("keras", "a Keras 3 .keras file",
+                 _file_format(".keras", sniff=lambda p: "config.json" in _zip_names(p) and "metadata.json" in _zip_names(p)),
+                 "converters.keras:convert", "keras"),
+    SourceFormat("h5", "a legacy Keras 2 / tf.keras .h5 file", _file_format(".h5", ".hdf5", sniff=_is_hdf5),
+                 "converters.keras:convert_h5", "keras"),
+    SourceFormat("savedmodel", "a TensorFlow SavedModel folder", _is_saved_model,
+                 "converters.tf:convert_saved_model", "keras"),
+    SourceFormat("tflite", "a .tflite file", _file_format(".tflite", sniff=lambda p: _head(p, 8)[4:8] == b"TFL3"),
+                 "converters.tf:convert_tflite", "keras"),
+    SourceFormat("torchscript", "a TorchScript .pt/.pth file from torch.jit.save (with input_shape)",
+                 _file_format(".pt", ".pth", ".torchscript", sniff=lambda p: _is_torchscript_archive(_zip_names(p))),
+                 "converters.pytorch:convert_torchscript", "torch"),
     SourceFormat("onnx", "an .onnx file or onnx.ModelProto (validated, passed through)",
                  lambda s: _is_model_proto(s) or _has_suffix(".onnx")(s), "converters:_convert_onnx"),
 ]
@@ -169,14 +283,31 @@ def supported_formats() -> str:
 
 
 def detect_format(source: Any) -> SourceFormat:
-    """The :class:`SourceFormat` that handles ``source``, or ConversionError listing the supported ones."""
+    """The :class:`SourceFormat` that handles ``source``, or ConversionError listing the supported ones.
+
+    Detection never imports a framework: objects are recognised only when their framework is
+    already imported, files by suffix or, for other suffixes, by their first bytes (HDF5 and zip
+    signatures, the TFLite identifier), folders by ``saved_model.pb``.
+    """
     for source_format in FORMATS:
         if source_format.matches(source):
             return source_format
     path = _as_path(source)
-    what = f"{str(path)!r}" if path is not None else f"an object of type {type(source).__module__}.{type(source).__qualname__}"
-    hint = " (a folder)" if path is not None and path.is_dir() else ""
-    raise ConversionError(f"cannot convert {what}{hint}: unsupported format. Supported: {supported_formats()}")
+    if path is None:
+        what = f"an object of type {type(source).__module__}.{type(source).__qualname__}"
+        raise ConversionError(f"cannot convert {what}: unsupported format. Supported: {supported_formats()}")
+    if not path.exists():
+        raise ConversionError(f"{path}: no such file or folder")
+    if path.is_dir():
+        raise ConversionError(
+            f"cannot convert '{path}': a folder that is not a TensorFlow SavedModel (no saved_model.pb in it). "
+            f"Supported: {supported_formats()}"
+        )
+    hint = ""
+    names = _zip_names(path)
+    if names and any(name.endswith("data.pkl") for name in names):
+        hint = " (it looks like a torch.save pickle: save the model with torch.jit.save, or pass the nn.Module)"
+    raise ConversionError(f"cannot convert '{path}': unsupported format{hint}. Supported: {supported_formats()}")
 
 
 def to_onnx(
@@ -185,7 +316,7 @@ def to_onnx(
     output: str | os.PathLike | None = None,
     input_shape: Shape | Sequence[Shape] | None = None,
     opset: int | None = None,
-    example_input: np.ndarray | Sequence[np.ndarray] | None = None,
+    example_input: Any = None,
     check: bool = True,
     atol: float = DEFAULT_ATOL,
     rtol: float = DEFAULT_RTOL,
@@ -195,18 +326,27 @@ def to_onnx(
 ) -> ConversionResult:
     """Convert a framework model (or validate an ONNX one) and check it against its source.
 
-    ``input_shape``: full shape(s), batch first, for models whose input size is not fixed (or never
-    built). ``example_input``: array(s) used to build the model and as the parity input instead of
-    random data. The parity check runs the source and onnxruntime on the same seeded random batch
-    (uniform in ``input_range`` when given, else standard normal); an element with
+    ``source``: a Keras 3 model, a PyTorch ``nn.Module``, an ``onnx.ModelProto``, or a path to a
+    ``.keras`` / ``.h5`` / ``.tflite`` / TorchScript ``.pt`` / ``.onnx`` file or a SavedModel folder
+    (see :data:`FORMATS`). ``input_shape``: full shape(s), batch first, for inputs whose size is not
+    fixed (required for TorchScript files and never-built Keras models). ``example_input``: array(s)
+    (numpy or torch) to trace or build the model with; required for an ``nn.Module`` unless
+    ``input_shape`` is given. ``opset``: the ONNX opset to export to (default: the exporter's).
+
+    The parity check runs the source framework and onnxruntime on the same seeded random batch
+    (shaped like ``input_shape`` / ``example_input``; a free batch dimension gets 2 rows, which also
+    proves it is free), uniform in ``input_range`` when given, else standard normal; an element with
     |onnx - source| > atol + rtol * |source| raises :class:`ParityError`. ``input_range`` and
     ``class_names`` are stored in the model's metadata. ``output``, when given, is written
     atomically: on any error no file (partial or otherwise) is left there.
     """
+    path = _as_path(source)
+    if path is not None and not path.exists():
+        raise ConversionError(f"{path}: no such file or folder")
     source_format = detect_format(source)
     options = ConvertOptions(
         input_shape=_normalize_shapes(input_shape),
-        opset=opset,
+        opset=_validate_opset(opset),
         example_input=_normalize_arrays(example_input),
     )
     if input_range is not None:
@@ -218,6 +358,9 @@ def to_onnx(
     converted = converter(source, options)
     model = converted.model
 
+    if converted.run_source is not None:  # a conversion happened: tidy what exporters leave
+        drop_unused_opset_imports(model)
+        _limit_ir_version(model)
     if converted.symbolic_batch:
         _make_batch_symbolic(model)
     metadata = dict(converted.metadata)
@@ -238,7 +381,10 @@ def to_onnx(
 
     max_abs = max_rel = None
     if check and converted.run_source is not None:
-        inputs = options.example_input or random_inputs(model, options.input_shape, input_range, seed)
+        shapes = options.input_shape
+        if shapes is None and options.example_input is not None:
+            shapes = [tuple(a.shape) for a in options.example_input]
+        inputs = random_inputs(model, shapes, input_range, seed)
         max_abs, max_rel = parity(model, converted.run_source, inputs, atol=atol, rtol=rtol)
 
     out_path = None
@@ -273,12 +419,31 @@ def _normalize_shapes(input_shape: Shape | Sequence[Shape] | None) -> list[tuple
     return shapes
 
 
-def _normalize_arrays(example: np.ndarray | Sequence[np.ndarray] | None) -> list[np.ndarray] | None:
+def _normalize_arrays(example: Any) -> list[np.ndarray] | None:
+    """One array or a list/tuple of arrays (numpy, or anything with ``.detach()``/``.numpy()`` such
+    as torch tensors) -> a list of numpy arrays."""
     if example is None:
         return None
-    if isinstance(example, np.ndarray):
-        return [example]
-    return [np.asarray(a) for a in example]
+    items = list(example) if isinstance(example, (list, tuple)) else [example]
+    arrays = []
+    for item in items:
+        if hasattr(item, "detach") and hasattr(item, "cpu"):  # a torch tensor, without importing torch
+            item = item.detach().cpu().numpy()
+        elif hasattr(item, "numpy") and not isinstance(item, np.ndarray):  # a TensorFlow tensor
+            item = item.numpy()
+        arrays.append(np.asarray(item))
+    return arrays
+
+
+def _validate_opset(opset: int | None) -> int | None:
+    if opset is None:
+        return None
+    if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)):
+        raise ConversionError(f"opset must be an integer, got {opset!r}")
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= int(opset) <= newest:
+        raise ConversionError(f"opset {opset} is not supported: choose {MIN_OPSET}..{newest}")
+    return int(opset)
 
 
 def _validate_range(input_range: tuple[float, float]) -> tuple[float, float]:
@@ -322,16 +487,62 @@ def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
 def _make_batch_symbolic(model: onnx.ModelProto, name: str = "batch") -> None:
     """Give the first dimension of every graph input and output the symbolic name ``name``.
 
-    Exporters leave either a fixed size or an anonymous name (tf2onnx: ``unk__40``); one shared
-    name says that inputs and outputs share the batch. Rank-0 values are left alone.
+    Exporters leave an anonymous name for a free batch (tf2onnx: ``unk__40``); one shared name says
+    that inputs and outputs share the batch. Fixed first dimensions (a model exported for batch 1,
+    an output that is not batch-major) and rank-0 values are left alone.
     """
     for value in list(model.graph.input) + list(model.graph.output):
         tensor_type = value.type.tensor_type
         if not tensor_type.HasField("shape") or not tensor_type.shape.dim:
             continue
         dim = tensor_type.shape.dim[0]
+        if dim.HasField("dim_value"):
+            continue
         dim.Clear()
         dim.dim_param = name
+
+
+def drop_unused_opset_imports(model: onnx.ModelProto) -> None:
+    """Keep only the opset imports some node uses (tf2onnx declares ``ai.onnx.ml`` even when unused);
+    the default domain always stays."""
+    used = {node.domain or "" for node in model.graph.node}
+    for function in model.functions:
+        used.update(node.domain or "" for node in function.node)
+        used.add(function.domain)
+    kept = [op for op in model.opset_import if (op.domain or "") in ("", "ai.onnx") or op.domain in used]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+
+
+def _limit_ir_version(model: onnx.ModelProto) -> None:
+    """Lower an IR version above :data:`MAX_IR_VERSION` to the lowest one the model's opsets allow,
+    so that onnxruntime can load it (exporters built on a newer onnx write its newest IR)."""
+    if model.ir_version <= MAX_IR_VERSION:
+        return
+    try:
+        needed = onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+    except Exception:  # an opset this onnx does not know: leave the model as it is
+        return
+    if needed <= MAX_IR_VERSION:
+        model.ir_version = max(needed, 3)
+
+
+def layout_metadata(model: onnx.ModelProto, layout: str) -> str | None:
+    """The ``onnxviz.input_layout`` value for a model whose image inputs use ``layout`` ("NCHW" or
+    "NHWC"): the plain layout when every input is rank 4, a JSON object naming the rank-4 inputs when
+    only some are (a per-input value, as ``onnxviz.graph.input_info`` reads it), None when none is."""
+    initializers = {t.name for t in model.graph.initializer}
+    ranks = {
+        value.name: len(value.type.tensor_type.shape.dim)
+        for value in model.graph.input
+        if value.name not in initializers and value.type.tensor_type.HasField("shape")
+    }
+    images = [name for name, rank in ranks.items() if rank == 4]
+    if not images:
+        return None
+    if len(images) == len(ranks):
+        return layout
+    return json.dumps({name: layout for name in images})
 
 
 # --------------------------------------------------------------------------- parity
@@ -403,7 +614,8 @@ def parity(
     atol: float = DEFAULT_ATOL,
     rtol: float = DEFAULT_RTOL,
 ) -> tuple[float, float]:
-    """Run the source and onnxruntime (CPU) on ``inputs``; return (max abs diff, max rel diff).
+    """Run the source and onnxruntime (CPU, :data:`ORT_DISABLED_OPTIMIZERS` off) on ``inputs``;
+    return (max abs diff, max rel diff).
 
     Raises :class:`ParityError` when outputs differ in number or shape, or any element has
     |onnx - source| > atol + rtol * |source|.
@@ -413,7 +625,8 @@ def parity(
     options = ort.SessionOptions()
     options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"],
+                                       disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS))
     except Exception as e:
         raise ConversionError(f"onnxruntime cannot load the converted model: {_first_line(e)}") from e
     names = [i.name for i in session.get_inputs()]
@@ -476,6 +689,27 @@ def _convert_onnx(source: Any, options: ConvertOptions) -> Converted:
         onnx.checker.check_model(model, full_check=True)
     except Exception as e:
         raise ConversionError(f"{label}: invalid ONNX model ({_first_line(e)})") from e
-    producer = f"{model.producer_name} {model.producer_version}".strip()
-    return Converted(model, producer or "onnx", run_source=None, symbolic_batch=False)
+    producer = f"{model.producer_name} {model.producer_version}".strip() or "onnx"
+    current = max((op.version for op in model.opset_import if op.domain in ("", "ai.onnx")), default=0)
+    if options.opset is None or options.opset == current:
+        return Converted(model, producer, run_source=None, symbolic_batch=False)
+    # An opset was asked for: upgrade (onnx's version converter), checked against the original.
+    if options.opset < current:
+        raise ConversionError(f"{label}: has opset {current}; converting down to {options.opset} is not supported")
+    from onnxviz.errors import RewriteError
+    from onnxviz.rewrite import upgrade_opset
 
+    try:
+        upgraded = upgrade_opset(model, options.opset)
+    except RewriteError as e:
+        raise ConversionError(f"{label}: {e}") from e
+
+    def run_original(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"],
+                                       disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS))
+        names = [i.name for i in session.get_inputs()]
+        return session.run(None, dict(zip(names, inputs)))
+
+    return Converted(upgraded, f"{producer} (opset {current})", run_source=run_original, symbolic_batch=False)

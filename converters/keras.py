@@ -1,10 +1,18 @@
-"""Keras 3 model object or ``.keras`` file -> ONNX.
+"""Keras 3 model object, ``.keras`` file or legacy ``.h5`` file -> ONNX.
 
 Uses Keras' own exporter (``model.export(path, format="onnx")``, tf2onnx inside) because
 ``tf2onnx.convert.from_keras`` fails on Keras 3 (KeyError 'keras_tensor_N'). The export is then
 made friendly to onnxviz: node names carry the Keras layer names again, the batch dimension is
 symbolic, and the metadata records the source and the input layout. ``to_onnx`` (in
 ``converters``) adds the parity check and writes the file.
+
+A legacy Keras 2 / tf.keras ``.h5`` file (a whole Sequential or functional model, as
+``model.save("x.h5")`` writes it) is loaded by Keras 3's ``load_model`` and then converted the same
+way. Keras ``channels_first`` models work although TensorFlow's CPU kernels refuse NCHW convolutions:
+the export only traces the graph (tf2onnx maps NCHW convolutions onto ONNX's own layout), and when
+eager execution fails the source side of the parity check runs the model XLA-compiled instead.
+Constants the exporter leaves as extra graph inputs (a Normalization layer's mean and variance, as in
+EfficientNet) are turned back into initializers.
 
 Keras and TensorFlow are imported only when a conversion runs.
 """
@@ -28,10 +36,10 @@ from typing import Any
 import numpy as np
 import onnx
 
-from converters import META_LAYOUT, META_SOURCE, Converted, ConvertOptions, missing_dependency
+from converters import META_LAYOUT, META_SOURCE, Converted, ConvertOptions, _is_hdf5, layout_metadata, missing_dependency
 from onnxviz.errors import ConversionError
 
-__all__ = ["convert", "rename_exported_nodes", "layer_tree"]
+__all__ = ["convert", "convert_h5", "rename_exported_nodes", "layer_tree"]
 
 EXTRA = "keras"
 
@@ -121,6 +129,32 @@ def convert(source: Any, options: ConvertOptions) -> Converted:
     else:
         keras = _import_keras()
         model = source
+    return _convert_model(model, options, keras)
+
+
+def convert_h5(source: Any, options: ConvertOptions) -> Converted:
+    """A legacy Keras 2 / tf.keras ``.h5`` file: loaded by Keras 3, then exported like any Keras model."""
+    path = Path(source)
+    if not path.is_file():
+        raise ConversionError(f"{path}: no such file")
+    if not _is_hdf5(path):  # before importing TensorFlow
+        raise ConversionError(f"{path}: not an HDF5 file (no HDF5 signature)")
+    keras = _import_keras()
+    try:
+        with _quiet():
+            model = keras.models.load_model(path, compile=False)
+    except Exception as e:
+        raise ConversionError(
+            f"{path}: cannot load as a Keras model ({_first_line(e)}); a weights-only .h5 (save_weights) "
+            "needs its model: build it, load the weights, and pass the model object"
+        ) from e
+    converted = _convert_model(model, options, keras)
+    converted.source_version += " (from .h5)"
+    converted.metadata[META_SOURCE] = converted.source_version
+    return converted
+
+
+def _convert_model(model: Any, options: ConvertOptions, keras: Any) -> Converted:
     if not isinstance(model, keras.Model):
         raise ConversionError(f"expected a keras.Model, got {type(model).__qualname__}")
 
@@ -132,15 +166,16 @@ def convert(source: Any, options: ConvertOptions) -> Converted:
             onnx_model = onnx.load(str(exported))
         except Exception as e:
             raise ConversionError(f"Keras' ONNX export produced an unreadable file: {_first_line(e)}") from e
+    _freeze_captured_inputs(onnx_model, model, keras)
 
     tree = layer_tree(model)
     nodes = onnx_model.graph.node
     for node, name in zip(nodes, rename_exported_nodes([n.name for n in nodes], model.name, tree)):
         node.name = name
-    _drop_unused_opset_imports(onnx_model)
 
     metadata = {META_SOURCE: _source_version(keras)}
-    layout = _image_layout(onnx_model, model, keras)
+    layout = _image_layout(model, keras)
+    layout = layout_metadata(onnx_model, layout)
     if layout is not None:
         metadata[META_LAYOUT] = layout
 
@@ -198,8 +233,7 @@ def _ensure_called(model: Any, options: ConvertOptions, keras: Any) -> None:
         dtypes = [keras.backend.standardize_dtype(t.dtype) for t in declared] if declared else ["float32"] * len(shapes)
         batch = [np.zeros(shape, dtype=dtype) for shape, dtype in zip(shapes, dtypes)]
     try:
-        with _quiet():
-            model(batch[0] if len(batch) == 1 else batch, training=False)
+        _call_keras(model, batch, keras)
     except Exception as e:
         raise ConversionError(f"calling Keras model {model.name!r} on a dummy batch failed: {_first_line(e)}") from e
 
@@ -237,11 +271,79 @@ def _export(model: Any, path: Path, options: ConvertOptions, keras: Any) -> None
         raise ConversionError(f"Keras' ONNX export of {model.name!r} wrote no file")
 
 
+_TF_TENSOR_NAME = re.compile(r"^.+/.+:\d+$")  # "efficientnetb0_1/normalization_1/Sub/y:0"
+
+
+def _freeze_captured_inputs(onnx_model: onnx.ModelProto, model: Any, keras: Any) -> None:
+    """Turn constants the export left as graph inputs back into initializers.
+
+    tf2onnx's ``from_function`` (inside Keras' exporter) lists every non-resource input of the
+    traced function as a model input, captured constants included: a Normalization layer built with
+    ``mean=``/``variance=`` (EfficientNet has one) exports as a model with extra inputs
+    ``efficientnetb0_1/normalization_1/Sub/y:0``. Tracing the model once more with the same inputs
+    gives the same graph names, and each capture's value; such inputs become initializers.
+    """
+    graph = onnx_model.graph
+    initializers = {t.name for t in graph.initializer}
+    inputs = [v for v in graph.input if v.name not in initializers]
+    suspects = [v for v in inputs if _TF_TENSOR_NAME.match(v.name)]
+    if not suspects or keras.backend.backend() != "tensorflow":
+        return
+    import tensorflow as tf
+
+    user_inputs = [v for v in inputs if v not in suspects]
+    specs = []
+    for value in user_inputs:
+        tensor_type = value.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+        dtype = tf.as_dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
+        specs.append(tf.TensorSpec([None, *shape[1:]] if shape else shape, dtype))
+
+    def call(*args: Any) -> Any:
+        return model(args[0] if len(args) == 1 else list(args), training=False)
+
+    try:
+        with _quiet():
+            traced = tf.function(call, autograph=False).get_concrete_function(*specs)
+    except Exception as e:
+        raise ConversionError(f"the export left inputs {[v.name for v in suspects]} that are constants of the model, "
+                              f"and tracing it to recover them failed: {_first_line(e)}") from e
+    captured = {inner.name: outer for outer, inner in traced.graph.captures if outer.dtype != tf.resource}
+    missing = [v.name for v in suspects if v.name not in captured]
+    if missing:
+        raise ConversionError(f"the export left inputs {missing} that are not inputs of the model and could not be "
+                              "recovered as constants")
+    for value in suspects:
+        array = np.asarray(captured[value.name])
+        graph.initializer.append(onnx.numpy_helper.from_array(array, value.name))
+        graph.input.remove(value)
+
+
 def _run_keras(model: Any, inputs: list[np.ndarray], keras: Any) -> list[np.ndarray]:
     """The source side of the parity check: Keras inference, outputs flattened in export order."""
-    with _quiet():
-        outputs = model(inputs[0] if len(inputs) == 1 else list(inputs), training=False)
+    outputs = _call_keras(model, inputs, keras)
     return [np.asarray(keras.ops.convert_to_numpy(t)) for t in keras.tree.flatten(outputs)]
+
+
+def _call_keras(model: Any, inputs: list[np.ndarray], keras: Any) -> Any:
+    """``model(inputs, training=False)``; on the TensorFlow backend, when eager execution fails
+    (TensorFlow's CPU kernels refuse NCHW convolutions and pooling of ``channels_first`` models),
+    the same call compiled by XLA, which supports every layout."""
+    batch = inputs[0] if len(inputs) == 1 else list(inputs)
+    try:
+        with _quiet():
+            return model(batch, training=False)
+    except Exception as eager_error:
+        if keras.backend.backend() != "tensorflow":
+            raise
+        import tensorflow as tf
+
+        compiled = tf.function(lambda x: model(x, training=False), jit_compile=True)
+        try:
+            with _quiet():
+                return compiled(batch)
+        except Exception:
+            raise eager_error from None  # XLA could not help: report what eager execution said
 
 
 # --------------------------------------------------------------------------- layout
@@ -252,12 +354,9 @@ def _walk_layers(layer: Any) -> Iterator[Any]:
         yield from _walk_layers(child)
 
 
-def _image_layout(onnx_model: onnx.ModelProto, model: Any, keras: Any) -> str | None:
-    """"NHWC" or "NCHW" when the model has a rank-4 (image) input, from the first layer that
-    declares a data_format (else Keras' global image_data_format); None for non-image inputs."""
-    ranks = [len(v.type.tensor_type.shape.dim) for v in onnx_model.graph.input]
-    if 4 not in ranks:
-        return None
+def _image_layout(model: Any, keras: Any) -> str:
+    """"NHWC" or "NCHW" for the model's image inputs, from the first layer that declares a
+    data_format (else Keras' global image_data_format)."""
     data_format = next(
         (layer.data_format for layer in _walk_layers(model)
          if getattr(layer, "data_format", None) in ("channels_last", "channels_first")),
@@ -362,14 +461,3 @@ def _unique(names: list[str]) -> list[str]:
         used.add(name)
         result.append(name)
     return result
-
-
-def _drop_unused_opset_imports(model: onnx.ModelProto) -> None:
-    """tf2onnx declares ``ai.onnx.ml`` even when no node uses it; keep only domains in use."""
-    used = {node.domain or "" for node in model.graph.node}
-    for function in model.functions:
-        used.update(node.domain or "" for node in function.node)
-        used.add(function.domain)
-    kept = [op for op in model.opset_import if (op.domain or "") in ("", "ai.onnx") or op.domain in used]
-    del model.opset_import[:]
-    model.opset_import.extend(kept)

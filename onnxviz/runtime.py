@@ -28,6 +28,11 @@ if TYPE_CHECKING:
 __all__ = ["PROVIDER_CHOICES", "available_providers", "cuda_unavailable_reason", "make_session", "run"]
 
 PROVIDER_CHOICES = ("auto", "cpu", "cuda")
+#: onnxruntime graph rewrites every session turns off because they change results. "Pad_Fusion"
+#: (onnxruntime >= 1.17, still in 1.31) folds a zero ``Pad`` into the ``MaxPool`` after it, but
+#: MaxPool pads with -inf: windows at the border whose values are all negative then give their
+#: maximum instead of 0 (Keras' ZeroPadding2D + MaxPooling2D, e.g. ResNet50V2's pool1).
+DISABLED_OPTIMIZERS = ("Pad_Fusion",)
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 
@@ -154,7 +159,8 @@ def make_session(model: onnx.ModelProto | bytes | str | os.PathLike,
                  providers: str | Sequence[str] = "auto", *,
                  threads: int | None = None) -> "onnxruntime.InferenceSession":
     """An onnxruntime session for ``model`` (proto, bytes or path) on ``providers``
-    (``auto|cpu|cuda`` or an explicit provider list), full graph optimization, quiet logs,
+    (``auto|cpu|cuda`` or an explicit provider list), full graph optimization (but
+    :data:`DISABLED_OPTIMIZERS`), quiet logs,
     ``threads`` intra-op threads (onnxruntime's default when ``None``)."""
     import onnxruntime as ort
 
@@ -185,7 +191,8 @@ def make_session(model: onnx.ModelProto | bytes | str | os.PathLike,
                 raise ModelLoadError(f"cannot read model '{path}': no such file")
             source = str(path)
         try:
-            return ort.InferenceSession(source, opts, providers=provider_list)
+            return ort.InferenceSession(source, opts, providers=provider_list,
+                                        disabled_optimizers=list(DISABLED_OPTIMIZERS))
         except Exception as e:  # onnxruntime cannot load/run this graph (unsupported op, bad model)
             raise ModelLoadError(f"onnxruntime cannot load the model: {_one_line(e)}") from None
     finally:

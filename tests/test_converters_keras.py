@@ -252,8 +252,8 @@ def test_random_bytes_onnx_leaves_no_output(tmp_path):
 
 def test_import_converters_imports_no_framework():
     done = run_python("""
-        import sys, converters, converters.keras
-        bad = sorted(m for m in ("tensorflow", "keras", "tf2onnx", "torch") if m in sys.modules)
+        import sys, converters, converters.keras, converters.tf, converters.pytorch
+        bad = sorted(m for m in ("tensorflow", "keras", "tf2onnx", "torch", "onnxscript") if m in sys.modules)
         assert not bad, bad
     """)
     assert done.returncode == 0, done.stderr
@@ -285,3 +285,182 @@ def test_missing_framework_names_the_extra(tmp_path):
     assert done.returncode == 0, done.stderr
     assert 'pip install "onnxviz[keras]"' in done.stdout
     assert "keras" in done.stdout.split(":")[0]
+
+
+# --------------------------------------------------------------------------- .h5, several inputs, channels_first
+
+def test_h5_file(small_cnn, tmp_path):
+    """A legacy .h5 file (what tf.keras / Keras 2 `model.save("x.h5")` wrote) converts like the model."""
+    path = tmp_path / "legacy.h5"
+    small_cnn.save(path)
+    out = tmp_path / "legacy.onnx"
+    result = converters.to_onnx(path, output=out, input_range=(0, 1))
+    assert result.format == "h5"
+    assert result.source_version.endswith("(from .h5)") and result.max_abs_diff < 1e-5
+    saved = onnx.load(str(out))
+    assert metadata(saved)[converters.META_SOURCE] == result.source_version
+    assert metadata(saved)[converters.META_LAYOUT] == "NHWC"
+    assert [n.name.split("/")[0] for n in saved.graph.node if n.op_type == "Conv"] == ["block1_conv", "block1_conv_1"]
+    x = np.random.default_rng(8).uniform(0, 1, size=(3, 16, 16, 3)).astype(np.float32)
+    np.testing.assert_allclose(run_onnx(saved, x), small_cnn.predict(x, verbose=0), atol=1e-5, rtol=1e-4)
+
+
+def test_h5_weights_only_is_a_clear_error(small_cnn, tmp_path):
+    path = tmp_path / "only.weights.h5"
+    small_cnn.save_weights(path)
+    out = tmp_path / "out.onnx"
+    with pytest.raises(ConversionError, match="weights-only"):
+        converters.to_onnx(path, output=out)
+    assert not out.exists()
+    fake = tmp_path / "fake.h5"
+    fake.write_bytes(b"not hdf5 at all" * 10)
+    with pytest.raises(ConversionError, match="not an HDF5 file"):
+        converters.to_onnx(fake)
+
+
+def test_multi_input_multi_output(keras):
+    keras.utils.set_random_seed(4)
+    layers = keras.layers
+    image = keras.Input((12, 12, 3), name="image")
+    extra = keras.Input((5,), name="extra")
+    x = layers.Conv2D(4, 3, activation="relu", name="conv")(image)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    y = layers.Dense(4, activation="tanh", name="extra_dense")(extra)
+    z = layers.Concatenate(name="concat")([x, y])
+    probs = layers.Dense(3, activation="softmax", name="probs")(z)
+    score = layers.Dense(1, name="score")(z)
+    model = keras.Model([image, extra], [probs, score], name="two_by_two")
+    result = converters.to_onnx(model)
+    graph = result.model.graph
+    assert [i.name for i in graph.input] == ["image", "extra"]
+    assert len(graph.output) == 2 and result.max_abs_diff < 1e-5
+    for value in list(graph.input) + list(graph.output):
+        assert value.type.tensor_type.shape.dim[0].dim_param == "batch"
+    # Only the rank-4 input is an image: the layout is recorded for it alone.
+    assert json.loads(metadata(result.model)[converters.META_LAYOUT]) == {"image": "NHWC"}
+    from onnxviz.graph import find_layer, input_info
+
+    assert {i.name: i.layout for i in input_info(result.model)} == {"image": "NHWC", "extra": None}
+    assert find_layer(result.model, "extra_dense").op_type == "Tanh"
+    rng = np.random.default_rng(9)
+    a, b = rng.uniform(0, 1, (4, 12, 12, 3)).astype(np.float32), rng.standard_normal((4, 5)).astype(np.float32)
+    got = session(result.model).run(None, {"image": a, "extra": b})
+    expected = model.predict([a, b], verbose=0)
+    for ours, theirs in zip(got, expected):
+        np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=1e-4)
+
+
+def test_channels_first(keras, tmp_path):
+    """TensorFlow's CPU kernels refuse NCHW convolutions; the export still works (ONNX is NCHW) and
+    the parity check runs the Keras side XLA-compiled."""
+    keras.utils.set_random_seed(5)
+    layers = keras.layers
+    inputs = keras.Input((3, 14, 14), name="chw")
+    x = layers.Conv2D(6, 3, activation="relu", data_format="channels_first", name="conv1")(inputs)
+    x = layers.MaxPooling2D(2, data_format="channels_first", name="pool1")(x)
+    x = layers.BatchNormalization(axis=1, beta_initializer="random_normal", name="bn")(x)
+    x = layers.Conv2D(8, 3, padding="same", data_format="channels_first", name="conv2")(x)
+    x = layers.Flatten(data_format="channels_first", name="flatten")(x)
+    outputs = layers.Dense(5, name="logits")(x)
+    model = keras.Model(inputs, outputs, name="nchw_net")
+    result = converters.to_onnx(model, input_range=(0, 1))
+    assert result.max_abs_diff < 1e-4
+    assert metadata(result.model)[converters.META_LAYOUT] == "NCHW"
+    first = next(n for n in result.model.graph.node if "chw" in n.input)
+    assert first.op_type == "Conv"  # no layout transpose in front: the graph is NCHW like the model
+    from onnxviz.graph import input_info
+
+    assert input_info(result.model)[0].layout == "NCHW"
+    x = np.random.default_rng(10).uniform(0, 1, (2, 3, 14, 14)).astype(np.float32)
+    import tensorflow as tf
+
+    expected = tf.function(lambda t: model(t, training=False), jit_compile=True)(x).numpy()
+    np.testing.assert_allclose(run_onnx(result.model, x), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_normalization_constants_are_not_inputs(keras):
+    """A Normalization layer built with mean/variance is a captured constant in the traced function;
+    tf2onnx lists it as a model input: the converter makes it an initializer again."""
+    layers = keras.layers
+    inputs = keras.Input((6, 6, 3), name="rgb")
+    x = layers.Normalization(mean=[0.4, 0.5, 0.6], variance=[0.04, 0.09, 0.16], name="norm")(inputs)
+    x = layers.Conv2D(2, 3, name="conv")(x)
+    model = keras.Model(inputs, layers.Flatten(name="flat")(x), name="normalized")
+    result = converters.to_onnx(model, input_range=(0, 1))
+    assert [i.name for i in result.model.graph.input] == ["rgb"]
+    assert result.max_abs_diff < 1e-5
+    x = np.random.default_rng(12).uniform(0, 1, (2, 6, 6, 3)).astype(np.float32)
+    np.testing.assert_allclose(run_onnx(result.model, x), model.predict(x, verbose=0), atol=1e-5, rtol=1e-4)
+
+
+def test_zero_padding_then_max_pool(keras):
+    """ZeroPadding2D + MaxPooling2D (ResNet's stem) on negative values: the border windows' maximum
+    is the padded 0. onnxruntime's Pad_Fusion rewrite gets this wrong; the parity check runs
+    without it and so compares what the graph means."""
+    layers = keras.layers
+    inputs = keras.Input((6, 6, 1), name="img")
+    x = layers.Conv2D(2, 1, kernel_initializer="ones", bias_initializer=keras.initializers.Constant(-5.0),
+                      name="shift")(inputs)  # all values negative for inputs in [0, 1]
+    x = layers.ZeroPadding2D(1, name="pad")(x)
+    outputs = layers.MaxPooling2D(3, strides=2, name="pool")(x)
+    model = keras.Model(inputs, outputs, name="pad_pool")
+    result = converters.to_onnx(model, input_range=(0, 1))
+    assert result.max_abs_diff < 1e-6
+    x = np.random.default_rng(13).uniform(0, 1, (2, 6, 6, 1)).astype(np.float32)
+    expected = model.predict(x, verbose=0)
+    assert (expected[:, 0, :, :] == 0).all()  # the first row of windows holds padding
+    sess = ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"],
+                                disabled_optimizers=list(converters.ORT_DISABLED_OPTIMIZERS))
+    np.testing.assert_allclose(sess.run(None, {"img": x})[0], expected, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- keras.applications
+
+# (name, smallest input side allowed with weights=None)
+APPLICATIONS = [("VGG16", 32), ("ResNet50V2", 32), ("MobileNetV2", 32), ("MobileNetV3Small", 32),
+                ("EfficientNetB0", 32), ("DenseNet121", 32), ("InceptionV3", 75), ("Xception", 71)]
+
+
+def randomize_batchnorm(model, keras, seed: int = 0) -> None:
+    """Give every BatchNormalization non-trivial statistics and affine parameters: with fresh ones
+    (mean 0, variance 1) several applications output logits around 1e-12, where an absolute
+    tolerance proves nothing."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.moving_mean.shape[0]
+            if layer.gamma is not None:  # scale=False (InceptionV3) has none
+                layer.gamma.assign(rng.uniform(0.5, 1.5, n).astype("float32"))
+            if layer.beta is not None:
+                layer.beta.assign((0.1 * rng.standard_normal(n)).astype("float32"))
+            layer.moving_mean.assign((0.1 * rng.standard_normal(n)).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 1.5, n).astype("float32"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,side", APPLICATIONS, ids=[a[0] for a in APPLICATIONS])
+def test_keras_applications(keras, name, side):
+    """Each architecture converts and matches TensorFlow within 1e-4 absolute on its logits
+    (classifier_activation=None: a softmax over 10 classes would hide differences), with its
+    BatchNorms randomized (fresh ones hide errors: ResNet50V2's Pad+MaxPool difference showed only
+    then), compared in an onnxruntime session without its faulty Pad_Fusion rewrite."""
+    keras.utils.set_random_seed(0)
+    build = getattr(keras.applications, name)
+    model = build(weights=None, input_shape=(side, side, 3), classes=10, classifier_activation=None)
+    randomize_batchnorm(model, keras)
+    result = converters.to_onnx(model, input_range=(0, 1))
+    print(f"{name} {side}x{side}: {result.summary()}")  # shown with pytest -rP
+    assert result.max_abs_diff < 1e-4, result.summary()
+    assert len(result.model.graph.input) == 1  # EfficientNet's Normalization constants are not inputs
+    x = np.random.default_rng(11).uniform(0, 1, (2, side, side, 3)).astype(np.float32)
+    expected = np.asarray(model(x, training=False))
+    sess = ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"],
+                                disabled_optimizers=list(converters.ORT_DISABLED_OPTIMIZERS))
+    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    assert got.shape == (2, 10)
+    assert float(np.abs(got - expected).max()) < 1e-4
+    assert float(np.abs(got - expected).max()) < 1e-3 * float(np.abs(expected).max())
+    assert expected.std() > 1e-4  # not a degenerate output (VGG16, without BatchNorm, is the smallest)
+    assert metadata(result.model)[converters.META_LAYOUT] == "NHWC"
+    names = {n.name.split("/")[0] for n in result.model.graph.node}
+    assert "predictions" in names or "logits" in names or "Logits" in names  # the classifier keeps its name
