@@ -78,6 +78,7 @@ def test_wheel_contents(wheel):
         names = set(zf.namelist())
         assert "onnxviz/_models/mnist_cnn.onnx" in names
         assert zf.read("onnxviz/_models/mnist_cnn.onnx") == (REPO / "models" / "mnist_cnn.onnx").read_bytes()
+        assert zf.read("onnxviz/_models/shapes_cnn.onnx") == (REPO / "models" / "shapes_cnn.onnx").read_bytes()
         assert "converters/__init__.py" in names
         for module in ("__init__", "graph", "rewrite", "runtime", "cli", "shipped", "fileio", "errors"):
             assert f"onnxviz/{module}.py" in names
