@@ -45,6 +45,13 @@ from .graph import (
 from .rewrite import FinalActivation, expose, final_activation, to_logits, truncate, upgrade_opset
 from .runtime import available_providers, make_session
 from .shipped import shipped_model_path, shipped_models
+from .images import ModelInput, load_images, model_input
+from .attribution import Attribution, Attributor, attribute, explain_files
+from .maximize import MaximizeResult, Maximizer, Settings, StepInfo, default_settings, maximize, parse_units
+from .objectives import Objective, channel, direction, diversity, neuron, unit
+from .params import ImageParam, image_param
+from .render import grid_image, overlay, save_gif, save_grid, save_npy, save_result, to_display
+from . import regularizers, transforms  # noqa: E402 - namespaces for maximize(transforms=..., regularizers=...)
 
 
 def _version() -> str:
@@ -82,4 +89,12 @@ __all__ = [
     "available_providers", "make_session",
     # files and shipped models
     "atomic_output", "save_model", "shipped_model_path", "shipped_models",
+    # activation maximization
+    "maximize", "Maximizer", "MaximizeResult", "StepInfo", "Settings", "default_settings", "parse_units",
+    "Objective", "unit", "channel", "neuron", "direction", "diversity", "ImageParam", "image_param",
+    "transforms", "regularizers",
+    # rendering
+    "to_display", "grid_image", "save_grid", "save_gif", "save_npy", "save_result", "overlay",
+    # images and attribution
+    "ModelInput", "model_input", "load_images", "Attribution", "Attributor", "attribute", "explain_files",
 ]

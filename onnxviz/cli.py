@@ -293,51 +293,384 @@ def check(
         raise typer.Exit(1)
 
 
-def demo(out: Path | None = None, console: Any = None) -> dict[str, Any]:
-    """Inspect the shipped MNIST model and strip its softmax: layer table, the stripped node, and
-    probabilities vs logits for a blank image. With ``out``, write the logits model there.
-    Returns what it printed, as data."""
+def _parse_range(text: str | None) -> tuple[float, float] | None:
+    """``0,1`` / ``-1,1`` / ``0,255`` -> (lo, hi)."""
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.replace(" ", "").strip("()[]").split(","))
+    except ValueError:
+        raise OnnxvizError(f"bad --input-range {text!r}: expected two numbers like 0,1") from None
+    return lo, hi
+
+
+@command()
+def maximize(
+    model: str = typer.Argument(..., help="ONNX model file."),
+    layer: Optional[str] = typer.Option(None, "--layer", "-l",
+                                        help="Layer name, index or tensor (default: the output layer, as logits)."),
+    units: str = typer.Option("all", "--units", "-u", help="Units/channels: 3, 0-9, 1,4,7-9 or all."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="PNG grid of the images."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimization steps (default: by input kind)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same images."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate (default: by input kind)."),
+    param: Optional[str] = typer.Option(None, "--param", help="Image parameterization: pixel | fft."),
+    class_objective: Optional[str] = typer.Option(None, "--class-objective",
+                                                  help="Softmax layers: logit | log-softmax (default: by input kind)."),
+    gif: Optional[Path] = typer.Option(None, "--gif", help="Also write a GIF of the optimization."),
+    save_npy: Optional[Path] = typer.Option(None, "--save-npy",
+                                            help="Also write the raw images (units, *input shape), model layout and range."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON record instead of text."),
+    gradient: str = typer.Option("auto", "--gradient", help="auto | graph | fd."),
+    providers: str = typer.Option("auto", "--providers", help="auto | cpu | cuda."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per onnxruntime run (default: auto)."),
+    input_range: Optional[str] = typer.Option(None, "--input-range", help="Input value range, e.g. 0,1 (default: metadata)."),
+    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="Input shape for dynamic dims, e.g. 1,3,224,224."),
+) -> None:
+    """Activation maximization: images that drive units of a layer (class logits by default)."""
+    from .maximize import Maximizer, default_settings, parse_units
+    from .render import save_result
+
+    if output is None and gif is None and save_npy is None and not as_json:
+        raise OnnxvizError("nothing to write: give -o PNG, --gif, --save-npy or --json")
+    if param is not None and param not in ("pixel", "fft"):
+        raise OnnxvizError(f"unknown --param {param!r} (choose pixel or fft)")
+    if class_objective is not None:
+        class_objective = class_objective.replace("-", "_")
+    for path in (output, gif, save_npy):
+        if path is not None and Path(path).is_dir():
+            raise OnnxvizError(f"cannot write '{path}': it is a directory")
+    shapes = _parse_shapes(input_shape)
+    engine = Maximizer(model, gradient=gradient, providers=providers, input_range=_parse_range(input_range),
+                       input_shape=shapes[0] if shapes else None)
+    key = _layer_key(layer)
+    unit_list = parse_units(units, engine.layer_size(key))
+    total = steps or default_settings(engine.input.channels, engine.input.h, engine.input.w).steps
+    run = lambda callbacks: engine.run(key, unit_list, steps=steps, lr=lr, seed=seed, param=param,  # noqa: E731
+                                       batch_size=batch_size, callbacks=callbacks, class_objective=class_objective,
+                                       record_every=max(1, total // 40) if gif is not None else 0)
+    if as_json or not sys.stderr.isatty():
+        result = run(())
+    else:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("maximizing"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+                      TimeElapsedColumn(), console=Console(stderr=True), transient=True) as progress:
+            task = progress.add_task("maximize", total=None)
+
+            def on_step(info: Any) -> None:
+                progress.update(task, total=info.steps * info.chunks,
+                                completed=info.chunk * info.steps + info.step)
+
+            result = run((on_step,))
+    written = save_result(result, png=output, gif=gif, npy=save_npy)
+    if as_json:
+        _echo_json({"model": str(model), "written": [str(p) for p in written], **result.to_dict()})
+        return
+    con = _console()
+    tensors = ", ".join(f"{k} (tensor {v})" for k, v in result.settings["tensors"].items())
+    con.print(f"{len(result.labels)} images of {tensors}, {result.settings['steps']} steps, "
+              f"{result.seconds:.1f} s", markup=False, soft_wrap=True)
+    for label, value in zip(result.labels, result.values):
+        con.print(f"  {label}: objective {value:.4g}", markup=False, soft_wrap=True)
+    for path in written:
+        con.print(f"wrote {path}", markup=False, soft_wrap=True)
+
+
+# ----------------------------------------------------------------------------------- attribution
+def _attribution_command(family: str, model: str, images: list[str], methods: str, output: Path,
+                         save_npy: Optional[Path], unit: Optional[str], metrics: bool, sanity: bool,
+                         input_shape: Optional[str], input_range: Optional[str], providers: str,
+                         batch_size: Optional[int], gradient: str, seed: int, cmap: str, alpha: float,
+                         **options: Any) -> None:
+    """Shared by ``saliency`` / ``cam`` / ``occlusion``: read, attribute, print, then write."""
     import numpy as np
 
-    from .fileio import save_model
-    from .graph import input_info, layer_table, load_model
+    from .attribution import CAM_METHODS, SALIENCY_METHODS, explain_files, method_name
+
+    allowed = {"saliency": SALIENCY_METHODS, "cam": CAM_METHODS, "occlusion": ("occlusion",)}[family]
+    names = [method_name(m) for m in methods.split(",") if m.strip()]
+    if not names:
+        raise OnnxvizError("no --method given")
+    for name in names:
+        if name not in allowed:
+            other = next((f for f, ms in (("saliency", SALIENCY_METHODS), ("cam", CAM_METHODS)) if name in ms),
+                         "occlusion")
+            raise OnnxvizError(f"{name!r} is not a {family} method (use `onnxviz {other}`); "
+                               f"choose: {', '.join(allowed)}")
+    for path in (output, save_npy):
+        if path is not None and Path(path).is_dir():
+            raise OnnxvizError(f"cannot write '{path}': it is a directory")
+    shapes = _parse_shapes(input_shape)
+    unit_key: Any = unit
+    if unit is not None and "," in unit:
+        unit_key = [u for u in unit.split(",") if u.strip()]
+    att_options = {"input_shape": shapes[0] if shapes else None, "value_range": _parse_range(input_range),
+                   "providers": providers, "batch_size": batch_size, "gradient": gradient}
+    result = explain_files(model, images, names, unit_key, metrics=metrics, sanity=sanity, seed=seed,
+                           attributor_options=att_options, **options)
+    att = result.attributor
+    for note in result.images.notes:
+        _say(note)
+    first = result.results[0]
+    probs = att.probabilities_from_logits(att.logits(result.images.batch))
+    for i, label in enumerate(result.images.labels):
+        top = int(first.predicted[i])
+        _say(f"{label}: top class {att.unit_label(top)} (p={probs[i, top]:.3f}); explaining "
+                  f"{att.unit_label(int(first.units[i]))} (logit {first.scores[i]:.3f})")
+    for r in result.results:
+        parts = []
+        if "layer" in r.info:
+            parts.append(f"layer {r.info['node']} -> {r.info['layer']} {r.info['layout']} "
+                         f"{_fmt_shape(r.info['feature_shape'])}")
+        if "completeness_error" in r.info:
+            parts.append(f"completeness error max {np.max(r.info['completeness_error']):.2%} "
+                         f"({r.info['steps']} steps)")
+        if "forward_passes" in r.info:
+            parts.append(f"{r.info['forward_passes']} forward passes")
+        if "windows" in r.info:
+            parts.append(f"window {r.info['window']}, stride {r.info['stride']}, {r.info['windows']} windows")
+        _say(f"{r.method}: " + ("; ".join(parts) if parts else "done"))
+    if result.metrics:
+        _say("metrics (mean over images): deletion AUC (lower is better), insertion AUC (higher is better)")
+        for name, values in result.metrics.items():
+            _say(f"  {name:<16} deletion {values['deletion'].mean():.4f}  insertion "
+                      f"{values['insertion'].mean():.4f}")
+    for name, check in result.sanity.items():
+        rows = ", ".join(f"{layer} {corr:.3f}" for layer, corr in check.rows())
+        _say(f"sanity {name}: Spearman vs original after randomizing from the top: {rows}")
+    written = result.save(output, save_npy, cmap=cmap, alpha=alpha)
+    for path in written:
+        extra = ""
+        if path.suffix == ".npy":
+            extra = f" {_fmt_shape(result.maps().shape)}" + (" (methods, images, H, W)" if len(names) > 1 else "")
+        _say(f"wrote {path}{extra}")
+
+
+def _say(text: str) -> None:
+    """One plain line on stdout (no wrapping, no markup)."""
+    typer.echo(text)
+
+
+_IMAGES_ARG = typer.Argument(..., help="PNG / JPEG / NPY images (an NPY may hold a batch).")
+_UNIT_OPT = typer.Option(None, "--unit", "-u", help="Class index or name (default: each image's top class); "
+                                                    "a comma list gives one per image.")
+_OUT_OPT = typer.Option(..., "-o", "--output", help="PNG figure: each image, then one overlay per method.")
+_NPY_OPT = typer.Option(None, "--save-npy", help="Also write the maps: (images, H, W) at the model input's "
+                                                 "resolution; (methods, images, H, W) for several methods.")
+
+
+@command()
+def saliency(
+    model: str = typer.Argument(..., help="ONNX model file."),
+    images: list[str] = _IMAGES_ARG,
+    output: Path = _OUT_OPT,
+    unit: Optional[str] = _UNIT_OPT,
+    method: str = typer.Option("vanilla", "--method", "-m",
+                               help="vanilla | smoothgrad | gradxinput | ig | guided | deconvnet (also "
+                                    "smoothgrad-squared, vargrad); comma-separate several to compare."),
+    save_npy: Optional[Path] = _NPY_OPT,
+    modifier: str = typer.Option("abs", "--modifier", help="abs | relu | negate | none (signed)."),
+    samples: int = typer.Option(25, "--samples", help="SmoothGrad: noisy samples per image."),
+    noise: float = typer.Option(0.15, "--noise", help="SmoothGrad: noise sigma as a fraction of the input range."),
+    steps: int = typer.Option(64, "--steps", help="Integrated gradients: steps."),
+    baseline: str = typer.Option("black", "--baseline", help="Integrated gradients: black | white | zero | a number."),
+    metrics: bool = typer.Option(False, "--metrics", help="Print deletion / insertion AUC (and a random order's)."),
+    sanity: bool = typer.Option(False, "--sanity", help="Print the model-randomization sanity check."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the SmoothGrad noise and the metrics."),
+    cmap: str = typer.Option("jet", "--cmap", help="Matplotlib colormap of the overlays."),
+    alpha: float = typer.Option(0.5, "--alpha", help="Overlay opacity."),
+    gradient: str = typer.Option("auto", "--gradient", help="auto | graph | fd."),
+    providers: str = typer.Option("auto", "--providers", help="auto | cpu | cuda."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Inputs per onnxruntime run (default: auto)."),
+    input_range: Optional[str] = typer.Option(None, "--input-range", help="Input value range, e.g. 0,1 (default: metadata)."),
+    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="Input shape for dynamic dims, e.g. 1,3,224,224."),
+) -> None:
+    """Saliency maps from input gradients (vanilla, SmoothGrad, gradient x input, IG, guided, deconvnet)."""
+    mod = None if modifier.strip().lower() in ("none", "signed", "") else modifier.strip().lower()
+    _attribution_command("saliency", model, images, method, output, save_npy, unit, metrics, sanity, input_shape,
+                         input_range, providers, batch_size, gradient, seed, cmap, alpha, modifier=mod,
+                         samples=samples, noise=noise, steps=steps, baseline=baseline)
+
+
+@command()
+def cam(
+    model: str = typer.Argument(..., help="ONNX model file."),
+    images: list[str] = _IMAGES_ARG,
+    output: Path = _OUT_OPT,
+    unit: Optional[str] = _UNIT_OPT,
+    method: str = typer.Option("gradcam", "--method", "-m",
+                               help="gradcam | gradcam++ | layercam | scorecam (also guided-gradcam); "
+                                    "comma-separate several to compare."),
+    layer: Optional[str] = typer.Option(None, "--layer", "-l",
+                                        help="Feature map: layer name, index or tensor (default: the last "
+                                             "spatial map before global pooling / flatten)."),
+    save_npy: Optional[Path] = _NPY_OPT,
+    top_n: Optional[int] = typer.Option(None, "--top-n", help="Score-CAM: use only the N channels of largest variance."),
+    metrics: bool = typer.Option(False, "--metrics", help="Print deletion / insertion AUC (and a random order's)."),
+    sanity: bool = typer.Option(False, "--sanity", help="Print the model-randomization sanity check."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the metrics' tie-breaking."),
+    cmap: str = typer.Option("jet", "--cmap", help="Matplotlib colormap of the overlays."),
+    alpha: float = typer.Option(0.5, "--alpha", help="Overlay opacity."),
+    gradient: str = typer.Option("auto", "--gradient", help="auto | graph | fd (guided Grad-CAM needs graph)."),
+    providers: str = typer.Option("auto", "--providers", help="auto | cpu | cuda."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Inputs per onnxruntime run (default: auto)."),
+    input_range: Optional[str] = typer.Option(None, "--input-range", help="Input value range, e.g. 0,1 (default: metadata)."),
+    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="Input shape for dynamic dims, e.g. 1,3,224,224."),
+) -> None:
+    """Class activation maps (Grad-CAM, Grad-CAM++, LayerCAM, Score-CAM) on a feature map."""
+    _attribution_command("cam", model, images, method, output, save_npy, unit, metrics, sanity, input_shape,
+                         input_range, providers, batch_size, gradient, seed, cmap, alpha,
+                         layer=_layer_key(layer), top_n=top_n)
+
+
+@command()
+def occlusion(
+    model: str = typer.Argument(..., help="ONNX model file."),
+    images: list[str] = _IMAGES_ARG,
+    output: Path = _OUT_OPT,
+    unit: Optional[str] = _UNIT_OPT,
+    save_npy: Optional[Path] = _NPY_OPT,
+    window: Optional[int] = typer.Option(None, "--window", help="Occluding square's side in pixels (default: ~1/7 of the image)."),
+    stride: Optional[int] = typer.Option(None, "--stride", help="Step between windows (default: half the window)."),
+    fill: str = typer.Option("black", "--fill", help="black | white | zero | mean | a number (model units)."),
+    score: str = typer.Option("logit", "--score", help="logit | probability of the unit."),
+    metrics: bool = typer.Option(False, "--metrics", help="Print deletion / insertion AUC (and a random order's)."),
+    sanity: bool = typer.Option(False, "--sanity", help="Print the model-randomization sanity check."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the metrics' tie-breaking."),
+    cmap: str = typer.Option("jet", "--cmap", help="Matplotlib colormap of the overlays."),
+    alpha: float = typer.Option(0.5, "--alpha", help="Overlay opacity."),
+    providers: str = typer.Option("auto", "--providers", help="auto | cpu | cuda."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Inputs per onnxruntime run (default: auto)."),
+    input_range: Optional[str] = typer.Option(None, "--input-range", help="Input value range, e.g. 0,1 (default: metadata)."),
+    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="Input shape for dynamic dims, e.g. 1,3,224,224."),
+) -> None:
+    """Occlusion sensitivity: the drop of the class score when a sliding window is covered."""
+    fill_value: Any = fill
+    try:
+        fill_value = float(fill)
+    except ValueError:
+        pass
+    _attribution_command("occlusion", model, images, "occlusion", output, save_npy, unit, metrics, sanity,
+                         input_shape, input_range, providers, batch_size, "auto", seed, cmap, alpha,
+                         window=window, stride=stride, fill=fill_value, score=score)
+
+
+def demo(out: Path | None = None, console: Any = None) -> dict[str, Any]:
+    """On the shipped MNIST model: the 10 class visualizations as one grid, the first conv layer's
+    filters as a grid, and a GIF of the class optimization, written into ``out`` (default
+    ``./onnxviz-demo``). Returns what it did, as data."""
+    import numpy as np
+
+    from .graph import input_info, load_model
+    from .maximize import Maximizer, first_conv_layer
     from .rewrite import final_activation, to_logits
+    from .render import save_result
     from .runtime import make_session
     from .shipped import shipped_model_path
 
     con = console or _console()
+    folder = Path(out) if out is not None else Path("onnxviz-demo")
     path = shipped_model_path()
     model = load_model(path)
-    con.print(f"[bold]shipped model[/] {path}")
-    con.print(_layers_table(layer_table(model), title="layers"))
+    con.print(f"[bold]shipped model[/] {path}", soft_wrap=True)
     act = final_activation(model)
-    logits_model = to_logits(model)
-    inp = input_info(model)[0]
-    shape = [d if isinstance(d, int) else 1 for d in (inp.shape or ())]
-    blank = np.full(shape, inp.value_range[0], dtype=inp.dtype)
-    probs = make_session(model).run(None, {inp.name: blank})[0][0]
-    logits = make_session(logits_model).run(None, {inp.name: blank})[0][0]
     if act is not None:
-        through = f" (through {', '.join(act.pass_through)})" if act.pass_through else ""
-        con.print(f"to_logits: stripped {act.op_type} node {act.node!r}{through}; output "
-                  f"{act.output!r} now carries its input {act.pre_activation!r}", markup=False)
-    np.set_printoptions(precision=3, suppress=True)
-    con.print(f"blank {inp.layout or ''} image {tuple(shape)}: probabilities {probs}", markup=False)
-    con.print(f"blank {inp.layout or ''} image {tuple(shape)}: logits        {logits}", markup=False)
-    result: dict[str, Any] = {"model": str(path), "stripped": act, "probabilities": probs, "logits": logits}
-    if out is not None:
-        written = save_model(logits_model, Path(out) / f"{path.stem}_logits.onnx")
-        con.print(f"wrote {written}", markup=False)
-        result["written"] = written
+        con.print(f"to_logits: stripped {act.op_type} node {act.node!r}; class images maximize the logits "
+                  f"{act.pre_activation!r}", markup=False, soft_wrap=True)
+    engine = Maximizer(model)
+    classes = engine.run(None, "all", seed=0, record_every=6)
+    inp = input_info(model)[0]
+    probs = make_session(model).run(None, {inp.name: classes.images})[0]
+    own = probs[np.arange(len(probs)), np.arange(len(probs))] if probs.shape[1] == len(probs) else probs.max(axis=1)
+    written = save_result(classes, png=folder / "classes.png", gif=folder / "classes.gif")
+    con.print(f"classes: {len(classes.labels)} images in {classes.seconds:.1f} s; the model's own verdict "
+              f"(probability of the target class): min {own.min():.3f}", markup=False, soft_wrap=True)
+    result: dict[str, Any] = {"model": str(path), "stripped": act, "classes": classes,
+                              "class_probabilities": own}
+    conv = first_conv_layer(model)
+    if conv is not None:
+        filters = engine.run(conv, "all", seed=0)
+        written += save_result(filters, png=folder / "filters.png")
+        con.print(f"filters: {len(filters.labels)} channels of {conv!r} in {filters.seconds:.1f} s", markup=False, soft_wrap=True)
+        result["filters"] = filters
+    for p in written:
+        con.print(f"wrote {p}", markup=False, soft_wrap=True)
+    result["written"] = written
+    # kept from the first demo: probabilities vs logits of a blank image
+    shape = [1, *classes.images.shape[1:]]
+    blank = np.full(shape, inp.value_range[0], dtype=np.float32)
+    result["probabilities"] = make_session(model).run(None, {inp.name: blank})[0][0]
+    if act is not None:
+        result["logits"] = make_session(to_logits(model)).run(None, {inp.name: blank})[0][0]
     return result
 
 
 @command("demo")
 def demo_command(
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder to write results into."),
+    out: Path = typer.Option(Path("onnxviz-demo"), "--out", help="Folder to write results into."),
 ) -> None:
-    """Run the demo on the shipped MNIST model."""
+    """Visualize the shipped MNIST model: class images, first-layer filters, a GIF."""
     demo(out)
+
+
+def _command_text(*args: Any) -> str:
+    """The command that reproduces a run, every setting spelled out (for reports and records)."""
+    import shlex
+
+    return " ".join(["onnxviz"] + [shlex.quote(str(a)) for a in args])
+
+
+@command()
+def report(
+    model: str = typer.Argument(..., help="ONNX model file."),
+    output: Path = typer.Option(..., "-o", "--output", help="Where to write the HTML page."),
+    layers: str = typer.Option("auto", "--layers", help="Comma-separated layers to visualize, or auto."),
+    units_per_layer: int = typer.Option(8, "--units-per-layer", help="Channels shown per layer."),
+    images: Optional[list[str]] = typer.Option(None, "--images", help="Images to explain (PNG/JPEG/NPY); repeatable."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimization steps (default: by input kind)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    providers: str = typer.Option("auto", "--providers", help="auto | cpu | cuda."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report record as JSON."),
+) -> None:
+    """One self-contained HTML page: summary, layers, channel and class visualizations, attribution."""
+    import warnings
+
+    from .gradients import FallbackWarning
+    from .report import write_report
+
+    if units_per_layer < 1:
+        raise OnnxvizError("--units-per-layer must be at least 1")
+    chosen = "auto" if layers.strip() == "auto" else [l.strip() for l in layers.split(",") if l.strip()]
+    options = dict(layers=chosen, units_per_layer=units_per_layer, images=images, steps=steps, seed=seed,
+                   providers=providers,
+                   command=_command_text("report", model, "-o", output, "--layers", layers, "--units-per-layer",
+                                         units_per_layer, *[a for i in images or [] for a in ("--images", i)],
+                                         *(("--steps", steps) if steps is not None else ()), "--seed", seed,
+                                         "--providers", providers))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FallbackWarning)  # the page itself says when fd is used
+        if as_json or not sys.stderr.isatty():
+            record = write_report(model, output, **options)
+        else:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                          console=Console(stderr=True), transient=True) as bar:
+                task = bar.add_task("report", total=None)
+                record = write_report(model, output, **options, progress=lambda what, done, total: bar.update(
+                    task, description=f"report: {what}", completed=done, total=total))
+    if as_json:
+        from dataclasses import asdict
+
+        _echo_json({"written": str(output), **asdict(record)})
+        return
+    con = _console()
+    if record.unsupported_ops:
+        con.print(f"no gradient rule for {', '.join(record.unsupported_ops)}: used finite differences", markup=False)
+    con.print(f"wrote {output} ({len(record.layers)} layers, {record.seconds:.1f} s)", markup=False)
 
 
 def main() -> None:

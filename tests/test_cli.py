@@ -114,29 +114,7 @@ def test_convert_prints_result_and_reports_errors(files, tmp_path, monkeypatch):
     assert_user_error(invoke("convert", "model.keras", "-o", out), "unsupported layer Foo")
 
 
-def test_demo_function_on_a_stand_in_model(tmp_path, monkeypatch):
-    """demo() logic on a tiny model (the shipped-model run is below)."""
-    path = tmp_path / "mnist_cnn.onnx"
-    onnx.save(M.keras_named(), str(path))
-    monkeypatch.setattr("onnxviz.shipped.shipped_model_path", lambda name="mnist_cnn": path)
-    result = invoke("demo", "--out", tmp_path / "out")
-    assert result.exit_code == 0, result.output
-    assert "stripped Softmax" in result.stdout
-    written = tmp_path / "out" / "mnist_cnn_logits.onnx"
-    logits_model = onnx.load(str(written))
-    assert not any(n.op_type == "Softmax" for n in logits_model.graph.node)
-    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temp files left
-
-
-def test_demo_on_the_shipped_model(mnist_model_path):
-    import numpy as np
-
-    result = cli.demo(None)
-    assert Path(result["model"]).resolve() == mnist_model_path.resolve()
-    assert result["stripped"].op_type == "Softmax"
-    np.testing.assert_allclose(result["probabilities"].sum(), 1.0, rtol=1e-4)
-    e = np.exp(result["logits"] - result["logits"].max())
-    np.testing.assert_allclose(e / e.sum(), result["probabilities"], rtol=1e-4, atol=1e-6)
+# The demo (activation maximization on the shipped model) is tested in test_maximize.py.
 
 
 def test_help_and_version():

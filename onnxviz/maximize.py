@@ -1,0 +1,804 @@
+"""Activation maximization: find input images that drive chosen units of a trained network.
+
+One job is a pure function — ``maximize(model, layer, units, settings..., seed) -> MaximizeResult`` —
+with no global state (DESIGN principle 9): the same seed gives the same images, and each image draws
+its randomness from its own generator (``seed``, unit), so a unit's image does not depend on the other
+units of the job or on how they are split into batches.
+
+A step, for a batch of images (one per unit, or a group per diversity objective):
+
+    parameters --param--> image in [0,1] (B,C,H,W) --random warp--> model range & layout
+        --ONE onnxruntime run of the gradient model (objective compiled to a constant cotangent)-->
+    input gradient --adjoint of warp--> minus regularizer gradients --param VJP--> Adam ascent
+
+Defaults per input kind (see :func:`default_settings`, and the README section "Activation
+maximization defaults") come from the anchors keras-vis, tf-keras-vis and lucid.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from .errors import OnnxvizError, ShapeError
+from .objectives import BoundLayer, LayerRef, LinearObjective, Objective, bind_layer, diversity, unit
+from .params import ImageParam, image_param
+from .regularizers import LpNorm, Regularizer, TotalVariation
+from .transforms import Jitter, Pad, Pipeline, Rotate, Scale, Transform
+
+__all__ = [
+    "maximize", "Maximizer", "MaximizeResult", "StepInfo", "Settings", "default_settings", "parse_units",
+    "Adam", "first_conv_layer",
+]
+
+#: What a unit of a softmax layer means: ``logit`` maximizes the bare logit z_k (keras-vis' "swap
+#: softmax for linear"), ``log_softmax`` log p_k computed from the logits. Defaults by input kind.
+CLASS_OBJECTIVES = ("log_softmax", "logit")
+#: Memory a batch of activations may take when ``batch_size`` is automatic.
+AUTO_BATCH_BYTES = 1 << 30
+
+
+# ----------------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class Settings:
+    """Everything that shapes the optimization besides the objective and the seed."""
+
+    steps: int
+    lr: float
+    param: str  # pixel | pixel-clip | fft | fft-clip
+    transforms: tuple[Transform, ...]
+    regularizers: tuple[Regularizer, ...]
+    mode: str = "constant"  # what lies outside the image for the transforms
+    fill: float = 0.0  # the constant outside (unit range)
+    decay: float = 1.0  # Fourier spectrum decay
+    init_std: float | None = None
+    #: regularizer weights relative to each image's objective gradient (see ``_Step``)
+    relative_regularizers: bool = True
+    #: what a unit of a softmax layer means: see CLASS_OBJECTIVES
+    class_objective: str = "logit"
+    preset: str = "custom"
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "preset": self.preset, "steps": self.steps, "lr": self.lr, "param": self.param,
+            "decay": self.decay, "init_std": self.init_std,
+            "transforms": [t.describe() for t in self.transforms], "mode": self.mode, "fill": self.fill,
+            "regularizers": [r.describe() for r in self.regularizers],
+            "relative_regularizers": self.relative_regularizers, "class_objective": self.class_objective,
+        }
+
+
+def default_settings(channels: int, h: int, w: int) -> Settings:
+    """Settings that work without tuning, by input kind.
+
+    Small images (longest side < 64 px, e.g. 28x28 MNIST-like grayscale): pixel parameterization
+    through a sigmoid, Adam lr 0.1 for 128 steps; each step the image is shifted by up to 2 px
+    (pad 2 + jitter 4 + center crop: lucid's pad/jitter, scaled down from 224 px), zoomed 0.9-1.1
+    and rotated by up to 8 degrees (lucid's ranges), outside the image is black (fill 0: the
+    background of MNIST-like data, where lucid's gray 0.5 would draw a frame); total variation
+    (weight 0.2) and an L1 pull toward black (weight 0.05) — keras-vis / tf-keras-vis' TV + Lp
+    pair (tf-keras-vis: TV 1, L1 0.3 on its own scale). The Fourier basis buys little at 28x28 and
+    the sigmoid keeps pixels in range without clipping artefacts. Class units are bare logits.
+
+    Larger images (RGB 64 px and up): lucid's recipe — Fourier parameterization with 1/f scaling,
+    decorrelated colour for 3 channels, sigmoid, Adam lr 0.05, 512 steps; pad 12, jitter 8, scale
+    0.9-1.1, rotate 10 degrees, jitter 4, scaled by (side / 224), gray fill 0.5; no explicit
+    regularizer (the basis and the transforms do the regularizing, as in lucid). lucid tuned this at
+    224 px; below 160 px three numbers change, measured on the 64 px shapes_cnn (models/train_shapes.py):
+    the spectrum decays as 1/f**2 (with 1/f the optimization stays in high-frequency edge patterns
+    and the circle classes barely move in 512 steps), Adam lr 0.1 and 384 steps (with lr 0.05 and 256
+    steps one class in about ten misses p >= 0.9 on some seed; with these, every class of 5 seeds
+    reaches p >= 0.92). Class units are log-softmax (see :func:`maximize`): bare logits fail there.
+    """
+    side = max(h, w)
+    if side < 64:
+        return Settings(
+            steps=128, lr=0.1, param="pixel",
+            transforms=(Pad(2), Jitter(4), Scale(0.9, 1.1), Rotate(8.0)),
+            regularizers=(TotalVariation(0.1), LpNorm(0.05, p=1.0, center=0.0)),
+            mode="constant", fill=0.0, class_objective="logit", preset="small",
+        )
+    k = side / 224.0
+    px = lambda n: max(1, int(round(n * k)))  # noqa: E731
+    below = side < 160  # the regime measured here (64 px); lucid's own numbers where lucid measured (224 px)
+    return Settings(
+        steps=384 if below else 512, lr=0.1 if below else 0.05, param="fft", decay=2.0 if below else 1.0,
+        transforms=(Pad(px(12)), Jitter(px(8)), Scale(0.9, 1.1), Rotate(10.0), Jitter(px(4))),
+        regularizers=(), mode="constant", fill=0.5, class_objective="log_softmax", preset="large",
+    )
+
+
+# ----------------------------------------------------------------------------------- units
+def parse_units(spec: Any, count: int | None = None) -> list[int]:
+    """Units from an int, a sequence, or text: ``"3"``, ``"0-9"``, ``"1,4,7-9"``, ``"all"``
+    (needs ``count``). Negative indices count from the end when ``count`` is known."""
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() == "all"):
+        if count is None:
+            raise OnnxvizError("'all' units needs a layer of known size")
+        return list(range(count))
+    if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
+        values = [int(spec)]
+    elif isinstance(spec, str):
+        values = []
+        for part in spec.replace(" ", "").split(","):
+            if not part:
+                continue
+            try:
+                if "-" in part[1:]:
+                    cut = part.index("-", 1)
+                    lo, hi = int(part[:cut]), int(part[cut + 1:])
+                    if hi < lo:
+                        raise OnnxvizError(f"bad unit range {part!r}: end before start")
+                    values.extend(range(lo, hi + 1))
+                else:
+                    values.append(int(part))
+            except ValueError:
+                raise OnnxvizError(f"bad units {spec!r}: expected e.g. 3, 0-9, 1,4,7-9 or all") from None
+        if not values:
+            raise OnnxvizError(f"bad units {spec!r}: no unit given")
+    else:
+        try:
+            values = [int(v) for v in spec]
+        except (TypeError, ValueError):
+            raise OnnxvizError(f"bad units {spec!r}") from None
+    if count is not None:
+        for v in values:
+            if not -count <= v < count:
+                raise OnnxvizError(f"unit {v} out of range: the layer has {count} units (0..{count - 1})")
+        values = [v % count for v in values]
+    return values
+
+
+# ----------------------------------------------------------------------------------- optimizer
+class Adam:
+    """Adam (Kingma & Ba 2015; defaults b1 0.9, b2 0.999, eps 1e-8), as ascent on ``params``."""
+
+    def __init__(self, lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
+        self.lr, self.b1, self.b2, self.eps = float(lr), b1, b2, eps
+        self.m: np.ndarray | None = None
+        self.v: np.ndarray | None = None
+        self.t = 0
+
+    def ascend(self, params: np.ndarray, grad: np.ndarray) -> None:
+        if self.m is None:
+            self.m, self.v = np.zeros_like(params), np.zeros_like(params)
+        self.t += 1
+        self.m *= self.b1
+        self.m += (1 - self.b1) * grad
+        self.v *= self.b2
+        self.v += (1 - self.b2) * grad * grad
+        step = self.lr * math.sqrt(1 - self.b2 ** self.t) / (1 - self.b1 ** self.t)
+        params += step * self.m / (np.sqrt(self.v) + self.eps)
+
+
+# ----------------------------------------------------------------------------------- input
+@dataclass(frozen=True)
+class _Input:
+    """The model input as images: name, model layout, per-image model shape, C/H/W, value range."""
+
+    name: str
+    layout: str  # NCHW | NHWC | NHW | NF (flat square)
+    shape: tuple[int, ...]  # per image, model layout
+    channels: int
+    h: int
+    w: int
+    value_range: tuple[float, float]
+    batch: int | None = None  # a static batch size (exports with batch 1), None when dynamic
+
+    def to_model(self, x: np.ndarray) -> np.ndarray:
+        """(B, C, H, W) in [0,1] -> model layout and range, float32."""
+        lo, hi = self.value_range
+        y = x * (hi - lo) + lo if (lo, hi) != (0.0, 1.0) else x
+        if self.layout == "NHWC":
+            y = y.transpose(0, 2, 3, 1)
+        return np.ascontiguousarray(y.reshape((len(x),) + self.shape), dtype=np.float32)
+
+    def from_model_grad(self, g: np.ndarray) -> np.ndarray:
+        """Gradient w.r.t. the model input -> gradient w.r.t. the (B, C, H, W) unit-range image."""
+        lo, hi = self.value_range
+        g = g.astype(np.float64)
+        b = len(g)
+        if self.layout == "NHWC":
+            g = g.reshape(b, self.h, self.w, self.channels).transpose(0, 3, 1, 2)
+        else:
+            g = g.reshape(b, self.channels, self.h, self.w)
+        return g * (hi - lo) if (lo, hi) != (0.0, 1.0) else g
+
+
+def _image_input(model: onnx.ModelProto, input_name: str | None, input_range: Sequence[float] | None,
+                 input_shape: Sequence[int] | None) -> _Input:
+    from .graph import input_info
+
+    infos = input_info(model)
+    if not infos:
+        raise OnnxvizError("the model has no inputs")
+    if input_name is None:
+        info = infos[0]
+    else:
+        info = next((i for i in infos if i.name == input_name), None)
+        if info is None:
+            raise OnnxvizError(f"model has no input {input_name!r} (inputs: {', '.join(i.name for i in infos)})")
+    if not np.issubdtype(info.dtype, np.floating):
+        raise OnnxvizError(f"input {info.name!r} is {info.dtype}: activation maximization needs a float input")
+    if input_shape is not None:
+        shape = tuple(int(d) for d in input_shape)
+        if info.shape is not None and len(shape) == len(info.shape):
+            shape = shape[1:]  # given with the batch dim
+    else:
+        if info.shape is None:
+            raise ShapeError(f"input {info.name!r} has no known shape; give input_shape")
+        dims = info.shape[1:]
+        if any(not isinstance(d, int) or d <= 0 for d in dims):
+            raise ShapeError(f"input {info.name!r} has dynamic dims {tuple(info.shape)}; give input_shape "
+                             "(e.g. 3,224,224 without the batch)")
+        shape = tuple(int(d) for d in dims)
+    lo, hi = (float(v) for v in (input_range if input_range is not None else info.value_range))
+    if not hi > lo:
+        raise OnnxvizError(f"bad input range [{lo:g}, {hi:g}]: the high end must be above the low end")
+    if len(shape) == 3:
+        layout = info.layout or ("NHWC" if shape[-1] in (1, 3, 4) and shape[0] not in (1, 3, 4) else "NCHW")
+        if layout == "NHWC":
+            h, w, c = shape
+        else:
+            layout = "NCHW"
+            c, h, w = shape
+    elif len(shape) == 2:
+        layout, (h, w), c = "NHW", shape, 1
+    elif len(shape) == 1 and int(math.isqrt(shape[0])) ** 2 == shape[0]:
+        side = math.isqrt(shape[0])
+        layout, h, w, c = "NF", side, side, 1
+    else:
+        raise ShapeError(f"input {info.name!r} of shape {info.shape} is not an image "
+                         "(expected N,C,H,W / N,H,W,C / N,H,W or a flat square N,H*W)")
+    fixed = info.shape[0] if info.shape and isinstance(info.shape[0], int) and info.shape[0] > 0 else None
+    return _Input(info.name, layout, shape, int(c), int(h), int(w), (lo, hi), fixed)
+
+
+# ----------------------------------------------------------------------------------- results
+@dataclass
+class StepInfo:
+    """What a callback receives after each step."""
+
+    step: int  # 1-based
+    steps: int
+    chunk: int  # 0-based chunk (batch) index
+    chunks: int
+    images: slice  # which result images this chunk optimizes
+    values: np.ndarray  # objective value per image of the chunk at this step
+    elapsed: float  # seconds since the job started
+
+
+@dataclass
+class MaximizeResult:
+    """Images (model layout and range), their objective record, and the settings that made them."""
+
+    images: np.ndarray  # (n, *input shape without batch), final images
+    values: np.ndarray  # (n,) objective of the final images, shown untransformed
+    history: np.ndarray  # (steps, n) objective per step, as optimized (randomly transformed)
+    best_images: np.ndarray  # (n, ...) best-so-far image per unit (keras-vis) by history value
+    best_values: np.ndarray  # (n,)
+    best_steps: np.ndarray  # (n,) 0-based step of the best image
+    labels: list[str]
+    objectives: list[str]  # description of each image's objective
+    frames: np.ndarray | None  # (frames, n, ...) snapshots when record_every > 0
+    frame_steps: list[int]
+    layout: str
+    value_range: tuple[float, float]
+    settings: dict[str, Any]
+    seconds: float = 0.0
+
+    @property
+    def units(self) -> list[Any]:
+        return list(self.settings.get("units") or [])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (no image data)."""
+        return {"labels": self.labels, "objectives": self.objectives, "values": self.values.tolist(),
+                "best_values": self.best_values.tolist(), "best_steps": self.best_steps.tolist(),
+                "final_history": self.history[-1].tolist() if len(self.history) else [],
+                "shape": list(self.images.shape), "layout": self.layout, "value_range": list(self.value_range),
+                "seconds": self.seconds, "settings": self.settings}
+
+
+# ----------------------------------------------------------------------------------- the engine
+class Maximizer:
+    """Activation maximization on one model, keeping one gradient session per layer across jobs
+    (building a gradient graph takes ~0.5 s; a step on MNIST takes ~1 ms). Stateless between jobs
+    apart from those sessions: ``run`` is a pure function of its arguments."""
+
+    def __init__(self, model: onnx.ModelProto | str | bytes, *, gradient: str = "auto", providers: str = "auto",
+                 input_name: str | None = None, input_range: Sequence[float] | None = None,
+                 input_shape: Sequence[int] | None = None, modifier: str | None = None):
+        from .graph import load_model
+
+        if gradient not in ("auto", "graph", "fd"):
+            raise OnnxvizError(f"unknown gradient method {gradient!r} (choose: auto, graph, fd)")
+        self.model = load_model(model)
+        self.gradient, self.providers, self.modifier = gradient, providers, modifier
+        self.input = _image_input(self.model, input_name, input_range, input_shape)
+        self._functions: dict[LayerRef, Any] = {}
+        self._bound: dict[LayerRef, BoundLayer] = {}
+
+    # -- layers ----------------------------------------------------------------------------------
+    def bound(self, ref: LayerRef) -> BoundLayer:
+        """The layer resolved on the model, its per-image shape found by a probe run."""
+        if ref not in self._bound:
+            fn = self.function(ref)
+            probe = np.zeros((self.input.batch or 1, *self.input.shape), np.float32)
+            probe += np.float32(self.input.value_range[0])
+            shape = tuple(fn.forward(probe).shape[1:])
+            self._bound[ref] = bind_layer(self.model, ref, shape=shape)
+        return self._bound[ref]
+
+    def function(self, ref: LayerRef, modifier: str | None | bool = False):
+        """The :class:`~onnxviz.gradients.GradientFunction` of the layer's tensor (with the engine's
+        modifier, or ``modifier`` when given)."""
+        modifier = self.modifier if modifier is False else modifier
+        key = (ref, modifier)
+        if key not in self._functions:
+            import warnings
+
+            from .gradients import GradientFunction
+            from .objectives import resolve_layer
+
+            variant, tensor, _ = resolve_layer(self.model, ref)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                fn = GradientFunction(variant, tensor, input_name=self.input.name, method=self.gradient,
+                                      providers=self.providers, modifier=modifier)
+            for w in caught:  # re-emit (the FD fallback warning) from the caller's frame
+                warnings.warn(w.message, w.category, stacklevel=4)
+            self._functions[key] = fn
+        return self._functions[key]
+
+    def _rescue(self, ref: LayerRef):
+        """A gradient for images whose true gradient is exactly zero (every ReLU on the path off:
+        a "dead start"): the deconvnet rule passes positive cotangents through ReLUs whatever their
+        input, pushing pre-activations up — lucid's remedy is the same idea ("redirected" ReLU
+        gradients where nothing got through). ``None`` when unavailable (finite differences)."""
+        fn = self.function(ref)
+        if fn.method != "graph" or self.modifier is not None:
+            return None
+        try:
+            return self.function(ref, "deconvnet")
+        except OnnxvizError:
+            return None
+
+    def layer_size(self, layer: Any = None, logits: bool = True) -> int:
+        """Units (dense) or channels (feature map) of a layer."""
+        from .objectives import _ref
+
+        return self.bound(_ref(layer, logits)).channels
+
+    # -- jobs ------------------------------------------------------------------------------------
+    def run(self, layer: Any = None, units: Any = None, *, objective: Objective | Sequence[Objective] | None = None,
+            steps: int | None = None, lr: float | None = None, seed: int = 0,
+            param: str | ImageParam | None = None, transforms: Sequence[Transform] | None = None,
+            regularizers: Sequence[Regularizer] | None = None, mode: str | None = None,
+            fill: float | None = None, settings: Settings | None = None, batch_size: int | None = None,
+            callbacks: Sequence[Callable[[StepInfo], Any]] = (), record_every: int = 0,
+            images_per_unit: int = 1, diversity_weight: float = 0.0, logits: bool = True,
+            class_objective: str | None = None) -> MaximizeResult:
+        """See :func:`maximize`."""
+        started = time.perf_counter()
+        inp = self.input
+        base = settings or default_settings(inp.channels, inp.h, inp.w)
+        overrides = {k: v for k, v in dict(steps=steps, lr=lr, mode=mode, fill=fill,
+                                           class_objective=class_objective).items() if v is not None}
+        if transforms is not None:
+            overrides["transforms"] = tuple(transforms)
+        if regularizers is not None:
+            overrides["regularizers"] = tuple(regularizers)
+        if isinstance(param, str):
+            overrides["param"] = param
+        if overrides:
+            base = replace(base, preset=f"{base.preset}+overrides", **overrides)
+        cfg = base
+        if not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise OnnxvizError(f"the seed must be an integer >= 0, not {seed!r}")
+        if cfg.steps < 1:
+            raise OnnxvizError("steps must be >= 1")
+        if not cfg.lr > 0:
+            raise OnnxvizError("the learning rate must be > 0")
+        if batch_size is not None and batch_size < 1:
+            raise OnnxvizError("batch size must be >= 1")
+        if images_per_unit < 1:
+            raise OnnxvizError("images per unit must be >= 1")
+
+        # objectives: one per image group
+        unit_list: list[int] | None = None
+        from .objectives import _ref
+
+        if cfg.class_objective not in CLASS_OBJECTIVES:
+            raise OnnxvizError(f"unknown class objective {cfg.class_objective!r} "
+                               f"(choose: {', '.join(CLASS_OBJECTIVES)})")
+        ref = _ref(layer, logits)
+        if objective is None and cfg.class_objective == "log_softmax" and ref.logits and \
+                self.bound(ref).stripped in ("Softmax", "LogSoftmax"):
+            ref = LayerRef(ref.key, True, log_softmax=True)
+        if objective is None:
+            unit_list = parse_units(units, self.layer_size(ref))
+            objectives: list[Objective] = []
+            for u in unit_list:
+                o: Objective = unit(ref, u)
+                if images_per_unit > 1:
+                    o = o + diversity_weight * diversity(ref, images_per_unit) if diversity_weight else \
+                        _Repeat(o, images_per_unit)
+                objectives.append(o)
+        else:
+            objectives = [objective] if isinstance(objective, Objective) else list(objective)
+            if not objectives:
+                raise OnnxvizError("no objective given")
+        refs = list(dict.fromkeys(r for o in objectives for r in o.layers()))
+        bound = {r: self.bound(r) for r in refs}
+        for o in objectives:  # validate indices now (one clear error, no optimization wasted)
+            if _linear_of(o) is not None:
+                _linear_of(o).cotangents(bound)
+        sizes = [o.images or 1 for o in objectives]
+        n = sum(sizes)
+        # each image's randomness (start, transforms) is its own: keyed by (unit, repeat, image in
+        # group) for units, by position for objectives — so a unit gets the same image alone, in a
+        # batch, or in another job (DESIGN principle 9)
+        keys: list[tuple[int, ...]] = []
+        seen_units: dict[int, int] = {}
+        for gi, size in enumerate(sizes):
+            if unit_list is not None:
+                u = unit_list[gi]
+                rep = seen_units[u] = seen_units.get(u, -1) + 1
+                keys.extend((1, u, rep, j) for j in range(size))
+            else:
+                keys.extend((0, len(keys) + j) for j in range(size))
+        starts = np.cumsum([0] + sizes)
+        labels = _labels(objectives, unit_list, bound, ref, sizes)
+
+        # parameterization
+        prm = param if isinstance(param, ImageParam) else image_param(
+            cfg.param, inp.channels, inp.h, inp.w, decay=cfg.decay,
+            **({"init_std": cfg.init_std} if cfg.init_std is not None else {}))
+        if (prm.channels, prm.h, prm.w) != (inp.channels, inp.h, inp.w):
+            raise OnnxvizError(f"the parameterization makes {prm.channels}x{prm.h}x{prm.w} images; the model "
+                               f"takes {inp.channels}x{inp.h}x{inp.w}")
+        pipeline = Pipeline(cfg.transforms, mode=cfg.mode, fill=cfg.fill, out_size=(inp.h, inp.w))
+
+        # chunks of whole groups
+        limit = batch_size or self._auto_batch_size(refs)
+        if inp.batch is not None:  # an export with a static batch (of 1): one image per run
+            if inp.batch != 1 or max(sizes) > 1:
+                raise OnnxvizError(f"the model's input has a static batch of {inp.batch}; re-export it with a "
+                                   "dynamic batch dimension (or batch 1 for one image per run)")
+            limit = 1
+        chunks: list[list[int]] = [[]]
+        for gi, size in enumerate(sizes):
+            if chunks[-1] and sum(sizes[j] for j in chunks[-1]) + size > limit:
+                chunks.append([])
+            chunks[-1].append(gi)
+
+        history = np.zeros((cfg.steps, n))
+        final = np.zeros((n, inp.channels, inp.h, inp.w))
+        best = np.zeros_like(final)
+        best_values = np.full(n, -np.inf)
+        best_steps = np.zeros(n, np.int64)
+        rescued = np.zeros(n, np.int64)
+        frame_steps = [s for s in range(cfg.steps) if record_every and s % record_every == 0]
+        if record_every:
+            frame_steps.append(cfg.steps)
+        frames = np.zeros((len(frame_steps), n, inp.channels, inp.h, inp.w)) if record_every else None
+
+        for ci, groups in enumerate(chunks):
+            lo_i, hi_i = int(starts[groups[0]]), int(starts[groups[-1] + 1])
+            members = [(objectives[g], slice(int(starts[g]) - lo_i, int(starts[g + 1]) - lo_i)) for g in groups]
+            rngs = [np.random.default_rng([seed, *keys[i]]) for i in range(lo_i, hi_i)]
+            params = np.concatenate([prm.init(r, 1) for r in rngs])
+            out = self._optimize(members, bound, params, prm, pipeline, cfg, rngs, hi_i - lo_i, callbacks,
+                                 ci, len(chunks), slice(lo_i, hi_i), started, record_every)
+            history[:, lo_i:hi_i] = out["history"]
+            final[lo_i:hi_i] = out["final"]
+            best[lo_i:hi_i] = out["best"]
+            best_values[lo_i:hi_i] = out["best_values"]
+            best_steps[lo_i:hi_i] = out["best_steps"]
+            rescued[lo_i:hi_i] = out["rescued"]
+            if frames is not None:
+                frames[:, lo_i:hi_i] = out["frames"]
+
+        # the final images, shown as they are (no transform)
+        values = np.zeros(n)
+        for ci, groups in enumerate(chunks):
+            lo_i, hi_i = int(starts[groups[0]]), int(starts[groups[-1] + 1])
+            members = [(objectives[g], slice(int(starts[g]) - lo_i, int(starts[g + 1]) - lo_i)) for g in groups]
+            xm = inp.to_model(final[lo_i:hi_i])
+            acts = {r: self.function(r).forward(xm) for r in refs}
+            values[lo_i:hi_i] = _evaluate(members, acts, bound, hi_i - lo_i)[0]
+
+        record = {
+            "layer": ref.key if objective is None else None, "tensors": {str(r): bound[r].tensor for r in refs},
+            "units": unit_list, "objectives": [o.describe() for o in objectives], "images": n, "seed": seed,
+            **cfg.describe(), "param": prm.describe(), "batch_size": limit, "chunks": len(chunks),
+            "gradient": {str(r): self.function(r).method for r in refs}, "modifier": self.modifier,
+            "input": {"name": inp.name, "layout": inp.layout, "shape": list(inp.shape),
+                      "range": list(inp.value_range)},
+            "images_per_unit": images_per_unit, "diversity_weight": diversity_weight,
+            "read_as": "log_softmax" if ref.log_softmax else ("logit" if bound[ref].stripped and ref.logits
+                                                               else "activation") if objective is None else None,
+            "rescued_steps": rescued.tolist(),
+        }
+        try:
+            from . import __version__
+
+            record["onnxviz"] = __version__
+        except ImportError:  # pragma: no cover
+            pass
+        to_model = lambda a: inp.to_model(a).reshape((len(a),) + inp.shape)  # noqa: E731
+        return MaximizeResult(
+            images=to_model(final), values=values, history=history, best_images=to_model(best),
+            best_values=best_values, best_steps=best_steps, labels=labels,
+            objectives=[o.describe() for o in objectives for _ in range(o.images or 1)],
+            frames=None if frames is None else np.stack([to_model(f) for f in frames]),
+            frame_steps=frame_steps, layout=inp.layout, value_range=inp.value_range, settings=record,
+            seconds=time.perf_counter() - started)
+
+    def _auto_batch_size(self, refs: Sequence[LayerRef]) -> int:
+        """How many images fit in ``AUTO_BATCH_BYTES`` of activations (forward + backward)."""
+        from .graph import _value_types
+
+        per_image = 0
+        for r in refs:
+            fn = self.function(r)
+            for elem, shape in _value_types(fn.model).values():
+                if shape and len(shape) >= 2 and not isinstance(shape[0], int):
+                    per_image += int(np.prod([d for d in shape[1:] if isinstance(d, int)])) * 4
+        per_image = max(per_image * 2, 4 * int(np.prod(self.input.shape)))
+        return int(max(1, min(4096, AUTO_BATCH_BYTES // per_image)))
+
+    def _optimize(self, members, bound, params, prm, pipeline, cfg, rngs, b, callbacks, ci, nchunks,
+                  where, started, record_every):
+        inp = self.input
+        job = _Step(self, members, bound, prm, cfg.regularizers, cfg.relative_regularizers)
+        opt = Adam(cfg.lr)
+        history = np.zeros((cfg.steps, b))
+        best = np.zeros((b, inp.channels, inp.h, inp.w))
+        best_values = np.full(b, -np.inf)
+        best_steps = np.zeros(b, np.int64)
+        frames = []
+        for step in range(cfg.steps):
+            warp = None if pipeline.identity else pipeline.realize(rngs, inp.channels, (inp.h, inp.w))
+            values, grad, x = job(params, warp)
+            if record_every and step % record_every == 0:
+                frames.append(x.copy())
+            history[step] = values
+            better = values > best_values
+            if better.any():
+                best[better] = x[better]
+                best_values[better] = values[better]
+                best_steps[better] = step
+            opt.ascend(params, grad)
+            prm.project(params)
+            if callbacks:
+                info = StepInfo(step + 1, cfg.steps, ci, nchunks, where, values, time.perf_counter() - started)
+                for cb in callbacks:
+                    cb(info)
+        x = prm.forward(params)
+        if record_every:
+            frames.append(x.copy())
+        return {"history": history, "final": x, "best": best, "best_values": best_values,
+                "best_steps": best_steps, "rescued": job.rescued,
+                "frames": np.stack(frames, axis=0) if record_every else None}
+
+    def step_gradient(self, objectives: Objective | Sequence[Objective], params: np.ndarray, param: ImageParam,
+                 warp: Any = None, regularizers: Sequence[Regularizer] = (), relative: bool = False,
+                 rescue: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """One step's ascent direction, exposed for checking: (objective per image, gradient w.r.t.
+        ``params`` of ``sum(objective) - sum(regularizers)``) for images ``param.forward(params)``
+        seen through ``warp``. With ``relative=False`` regularizer weights are absolute."""
+        objectives = [objectives] if isinstance(objectives, Objective) else list(objectives)
+        refs = list(dict.fromkeys(r for o in objectives for r in o.layers()))
+        bound = {r: self.bound(r) for r in refs}
+        members, k = [], 0
+        for o in objectives:
+            members.append((o, slice(k, k + (o.images or 1))))
+            k += o.images or 1
+        job = _Step(self, members, bound, param, regularizers, relative, rescue=rescue)
+        values, grad, _ = job(params, warp)
+        return values, grad
+
+
+class _Step:
+    """What one optimization step computes for a chunk of images: the objective of the images the
+    model sees and the exact gradient of ``sum(objective) - sum(regularizers)`` w.r.t. the
+    parameters, through the parameterization, the warp, the value range and layout.
+
+    Linear objectives run ONE onnxruntime call per layer (the cotangent is a constant, built here
+    once); nonlinear ones a forward run first. Images whose gradient is exactly zero (a dead ReLU
+    start) get the rescue gradient (see ``Maximizer._rescue``) when ``rescue``.
+    """
+
+    def __init__(self, engine: Maximizer, members, bound, prm: ImageParam, regularizers, relative: bool,
+                 rescue: bool = True):
+        self.engine, self.members, self.bound, self.prm = engine, members, bound, prm
+        self.regularizers, self.relative, self.rescue = tuple(regularizers), relative, rescue
+        self.b = b = members[-1][1].stop if members else 0
+        self.refs = list(dict.fromkeys(r for o, _ in members for r in o.layers()))
+        self.fns = {r: engine.function(r) for r in self.refs}
+        self.linear = all(_linear_of(o) is not None for o, _ in members)
+        self.cots: dict[LayerRef, np.ndarray] = {}
+        if self.linear:
+            self.cots = {r: np.zeros((b, *bound[r].shape), np.float32) for r in self.refs}
+            self.const = np.zeros(b)
+            for o, s in members:
+                lin = _linear_of(o)
+                for r, c in lin.cotangents(bound).items():
+                    self.cots[r][s] += c
+                self.const[s] += lin.constant
+            self.flat_cots = {r: c.reshape(b, -1).astype(np.float64) for r, c in self.cots.items()}
+        self.reg_scale = np.zeros(b) if relative else np.ones(b)
+        self.rescued = np.zeros(b, np.int64)
+
+    def __call__(self, params: np.ndarray, warp: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(objective per image, gradient w.r.t. params, the images in [0, 1] (B, C, H, W))."""
+        inp, b, prm = self.engine.input, self.b, self.prm
+        pre = prm.pre_squash(params)
+        x = prm.squash.forward(pre)
+        seen = warp.apply(x) if warp is not None else x
+        xm = inp.to_model(seen)
+        grad_in = None
+        if self.linear:
+            cots = self.cots
+            values = self.const.copy()
+            for r in self.refs:
+                act, g = self.fns[r](xm, cots[r])
+                values += np.einsum("bi,bi->b", act.reshape(b, -1), self.flat_cots[r])
+                grad_in = g if grad_in is None else grad_in + g
+        else:
+            acts = {r: self.fns[r].forward(xm) for r in self.refs}
+            values, cots = _evaluate(self.members, acts, self.bound, b)
+            for r in self.refs:
+                _, g = self.fns[r](xm, cots[r].astype(np.float32))
+                grad_in = g if grad_in is None else grad_in + g
+        if self.rescue:
+            dead = ~np.any(grad_in.reshape(b, -1), axis=1)
+            if dead.any():
+                grad_in = self._rescued(xm, dead, grad_in, cots)
+                self.rescued += dead
+        gx = inp.from_model_grad(grad_in)
+        if warp is not None:
+            gx = warp.adjoint(gx)
+        if self.regularizers:
+            if self.relative and not self.reg_scale.all():
+                # relative weights: fixed at the first step where the image's objective gradient
+                # is nonzero, so a weight means the same for a logit (~10) and a channel mean (~0.1)
+                norms = np.sqrt(np.sum(gx.reshape(b, -1) ** 2, axis=1) * gx[0].size)
+                self.reg_scale = np.where(self.reg_scale > 0, self.reg_scale, norms)
+            scale = self.reg_scale.reshape(b, 1, 1, 1)
+            for reg in self.regularizers:
+                _, gr = reg.value_and_grad(x)
+                gx -= scale * gr
+        return values, prm.vjp(params, gx, pre, x), x
+
+    def _rescued(self, xm, dead, grad_in, cots):
+        """``grad_in`` with the rows of ``dead`` images replaced by the rescue gradient."""
+        idx = np.flatnonzero(dead)
+        extra = None
+        for r in self.refs:
+            fn = self.engine._rescue(r)
+            if fn is None:
+                return grad_in
+            _, g = fn(xm[idx], np.ascontiguousarray(cots[r][idx], dtype=np.float32))
+            extra = g if extra is None else extra + g
+        grad_in = grad_in.copy()
+        grad_in[idx] = extra
+        return grad_in
+
+
+class _Repeat(Objective):
+    """The same per-image objective on a group of k images (several images of one unit, without a
+    diversity term: they differ only by their random start and transforms)."""
+
+    def __init__(self, inner: Objective, k: int):
+        self.inner, self.images, self.linear = inner, int(k), inner.linear
+
+    def layers(self):
+        return self.inner.layers()
+
+    def evaluate(self, acts, bound):
+        return self.inner.evaluate(acts, bound)
+
+    def describe(self):
+        return self.inner.describe()
+
+
+def _evaluate(members, acts: Mapping[LayerRef, np.ndarray], bound, b: int):
+    """Values (b,) and cotangents per layer (b, ...) of a chunk's objectives."""
+    values = np.zeros(b)
+    cots = {r: np.zeros_like(a, dtype=np.float32) for r, a in acts.items()}
+    for o, s in members:
+        sub = {r: a[s] for r, a in acts.items()}
+        v, g = o.evaluate(sub, bound)
+        values[s] = v
+        for r, arr in g.items():
+            cots[r][s] += arr
+    return values, cots
+
+
+def _labels(objectives, unit_list, bound, ref, sizes) -> list[str]:
+    out: list[str] = []
+    if unit_list is not None:
+        names = bound[ref].class_names
+        for u, size in zip(unit_list, sizes):
+            label = names[u] if names and u < len(names) else str(u)
+            out.extend([label] * size)
+        return out
+    for o, size in zip(objectives, sizes):
+        out.extend([o.describe()] * size)
+    return out
+
+
+def _linear_of(o: Objective) -> LinearObjective | None:
+    """The linear objective behind ``o`` (itself, or repeated over a group), else None."""
+    if isinstance(o, LinearObjective):
+        return o
+    if isinstance(o, _Repeat) and isinstance(o.inner, LinearObjective):
+        return o.inner
+    return None
+
+
+def maximize(model: onnx.ModelProto | str | bytes, layer: Any = None, units: Any = None, *,
+             objective: Objective | Sequence[Objective] | None = None, steps: int | None = None,
+             lr: float | None = None, seed: int = 0, param: str | ImageParam | None = None,
+             transforms: Sequence[Transform] | None = None, regularizers: Sequence[Regularizer] | None = None,
+             mode: str | None = None, fill: float | None = None, settings: Settings | None = None,
+             batch_size: int | None = None, callbacks: Sequence[Callable[[StepInfo], Any]] = (),
+             gradient: str = "auto", input_range: Sequence[float] | None = None, input_name: str | None = None,
+             input_shape: Sequence[int] | None = None, providers: str = "auto", record_every: int = 0,
+             images_per_unit: int = 1, diversity_weight: float = 0.0, logits: bool = True,
+             class_objective: str | None = None, modifier: str | None = None) -> MaximizeResult:
+    """Images that maximize ``units`` of ``layer`` (default: every unit of the output layer), or any
+    ``objective`` (one per image group).
+
+    Units of a layer ending in softmax are read on its logits (``to_logits``). ``class_objective``
+    says what is maximized there: ``"logit"``, the bare logit z_k (keras-vis, tf-keras-vis, Simonyan
+    et al. 2014; the small-image default: bold, digit-like strokes on MNIST), or ``"log_softmax"``,
+    log p_k computed from the logits by a LogSoftmax node put in place of the softmax (the
+    large-image default) — it builds the evidence for class k that the other classes do not share,
+    and unlike p_k its gradient does not vanish while p_k is small. Both are linear objectives of one
+    tensor: one onnxruntime run per step. On shapes_cnn, where classes share features (the "triangle"
+    evidence drives every triangle logit), bare logits give images the model files under another
+    class (p < 0.01 for some); log p_k does not. ``logits=False`` keeps the activation.
+
+    Returns a :class:`MaximizeResult`: ``images`` of shape ``(units, *input shape without batch)`` in
+    the model's own layout and value range, the objective per step per image, best-so-far images,
+    and a JSON-ready ``settings`` record. Settings left ``None`` come from :func:`default_settings`
+    for the input kind. ``batch_size`` caps the images per onnxruntime run (automatic: what fits in
+    1 GiB of activations); ``callbacks`` get a :class:`StepInfo` after each step; ``gradient``
+    ``auto|graph|fd`` as in :class:`~onnxviz.gradients.GradientFunction`; ``record_every`` keeps a
+    snapshot every so many steps (for a GIF). Same seed, same images.
+    """
+    engine = Maximizer(model, gradient=gradient, providers=providers, input_name=input_name,
+                       input_range=input_range, input_shape=input_shape, modifier=modifier)
+    return engine.run(layer, units, objective=objective, steps=steps, lr=lr, seed=seed, param=param,
+                      transforms=transforms, regularizers=regularizers, mode=mode, fill=fill, settings=settings,
+                      batch_size=batch_size, callbacks=callbacks, record_every=record_every,
+                      images_per_unit=images_per_unit, diversity_weight=diversity_weight, logits=logits,
+                      class_objective=class_objective)
+
+
+#: Elementwise activations a conv layer's output may pass through (the layer's output is after them).
+_ACTIVATIONS = ("Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
+                "Softplus", "Clip", "Gelu", "Mish")
+
+
+def first_conv_layer(model: onnx.ModelProto) -> str | None:
+    """The tensor of the first convolution layer, after its activation when the conv feeds exactly
+    one elementwise activation (a Keras ``Conv2D(activation="relu")`` layer's output); ``None`` when
+    the model has no Conv."""
+    conv = next((n for n in model.graph.node if n.op_type == "Conv"), None)
+    if conv is None:
+        return None
+    tensor = conv.output[0]
+    readers = [n for n in model.graph.node if tensor in n.input]
+    if len(readers) == 1 and readers[0].op_type in _ACTIVATIONS and readers[0].input[0] == tensor:
+        return readers[0].output[0]
+    return tensor

@@ -1,0 +1,341 @@
+"""``onnxviz report``: one self-contained HTML page showing what a model has learned and where it looks.
+
+Everything is embedded (PNG data URIs, inline CSS); the page needs no network and no scripts. The
+work is a list of sections, each built by one function from the pieces the library already has:
+``model_summary`` / ``layer_table`` (graph), ``plan`` (gradient coverage), ``Maximizer`` (channel and
+class visualizations), ``attribute`` (saliency, integrated gradients, Grad-CAM overlays).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import onnx
+
+from .errors import OnnxvizError, RewriteError
+
+#: Attribution methods shown per example image (label, attribute() method name).
+ATTRIBUTION_METHODS = (("saliency", "vanilla"), ("integrated gradients", "ig"), ("Grad-CAM", "gradcam"))
+Progress = Callable[[str, int, int], Any]  # (what, done, total)
+
+
+@dataclass
+class ReportRecord:
+    """What the report contains, as data (also what the CLI prints with --json)."""
+
+    model: str
+    layers: list[str]
+    units_per_layer: int
+    images: list[str]
+    seed: int
+    steps: int | None
+    gradient_method: str
+    unsupported_ops: list[str]
+    command: str = ""
+    seconds: float = 0.0
+    sections: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def conv_layers(model: onnx.ModelProto) -> list[str]:
+    """Output tensors of the convolution layers in graph order, after their activation when a conv
+    feeds exactly one elementwise activation (what a Keras ``Conv2D(activation=...)`` layer outputs)."""
+    from .maximize import _ACTIVATIONS
+
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    out = []
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "ConvTranspose"):
+            continue
+        tensor = node.output[0]
+        after = readers.get(tensor, [])
+        if len(after) == 1 and after[0].op_type in _ACTIVATIONS and after[0].input[0] == tensor:
+            tensor = after[0].output[0]
+        out.append(tensor)
+    return out
+
+
+def auto_layers(model: onnx.ModelProto, count: int = 3) -> list[str]:
+    """A handful of conv layers spread over the network: the first, the last and evenly between."""
+    convs = conv_layers(model)
+    if len(convs) <= count:
+        return convs
+    picks = np.linspace(0, len(convs) - 1, count).round().astype(int)
+    return [convs[i] for i in dict.fromkeys(picks.tolist())]
+
+
+def example_images(model: onnx.ModelProto, spec: Any, n: int = 4, seed: int = 0) -> tuple[np.ndarray, list[str]] | None:
+    """Inputs the project can make itself for a shipped-like model: rendered digits for 28x28
+    grayscale inputs, generated coloured shapes for 64x64 RGB ones. (N, H, W, C) in [0, 1]."""
+    if spec.channels == 1 and (spec.height, spec.width) == (28, 28):
+        return _rendered_digits(n, seed), [f"rendered '{d}'" for d in _digits(n, seed)]
+    if spec.channels == 3 and spec.height == spec.width and spec.height >= 16:
+        from .datasets import SHAPE_CLASSES, make_shapes
+
+        images, labels = make_shapes(n, size=spec.height, seed=seed)
+        return images.astype(np.float32) / 255.0, [f"generated {SHAPE_CLASSES[i]}" for i in labels]
+    return None
+
+
+def _digits(n: int, seed: int) -> list[int]:
+    return [int(d) for d in np.random.default_rng(seed).permutation(10)[:n]]
+
+
+def _rendered_digits(n: int, seed: int) -> np.ndarray:
+    """Digits drawn with Pillow's built-in font, centred and scaled like MNIST (20x20 in 28x28)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    out = []
+    for d in _digits(n, seed):
+        canvas = Image.new("L", (64, 64), 0)
+        draw = ImageDraw.Draw(canvas)
+        try:
+            font = ImageFont.load_default(size=48)
+        except TypeError:  # Pillow < 10.1: fixed bitmap font
+            font = ImageFont.load_default()
+        draw.text((32, 32), str(d), fill=255, font=font, anchor="mm")
+        box = canvas.getbbox() or (0, 0, 64, 64)
+        glyph = canvas.crop(box)
+        scale = 20.0 / max(glyph.size)
+        glyph = glyph.resize((max(1, round(glyph.size[0] * scale)), max(1, round(glyph.size[1] * scale))),
+                             Image.LANCZOS)
+        digit = Image.new("L", (28, 28), 0)
+        digit.paste(glyph, ((28 - glyph.size[0]) // 2, (28 - glyph.size[1]) // 2))
+        out.append(np.asarray(digit, np.float32)[..., None] / 255.0)
+    return np.stack(out)
+
+
+# ---------------------------------------------------------------------------------------- html bits
+def _png(image: Any) -> str:
+    """A data URI of a Pillow image or a uint8 array."""
+    from PIL import Image
+
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _img(image: Any, alt: str, width: int | None = None) -> str:
+    size = f' width="{width}"' if width else ""
+    return f'<img src="{_png(image)}" alt="{html.escape(alt)}"{size}>'
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _shape(shape: Any) -> str:
+    return "?" if shape is None else "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:0;color:#1d232a;background:#f6f7f9}
+main{max-width:1180px;margin:0 auto;padding:24px}
+h1{font-size:26px;margin:0 0 4px} h2{font-size:19px;margin:0 0 12px}
+section{background:#fff;border:1px solid #e0e3e8;border-radius:8px;padding:18px 20px;margin:18px 0}
+table{border-collapse:collapse;font-size:12.5px;width:100%} th,td{border-bottom:1px solid #eceef1;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#f0f2f5} .muted{color:#68717d} .warn{color:#9a4b00;font-weight:600}
+.cards{display:flex;flex-wrap:wrap;gap:14px} .card{border:1px solid #e6e8ec;border-radius:6px;padding:10px}
+.card figure{display:inline-block;margin:0 8px 0 0;text-align:center} figcaption{font-size:12px;color:#4a525c}
+img{image-rendering:pixelated;max-width:100%} code,pre{background:#f0f2f5;border-radius:4px;padding:2px 4px}
+pre{padding:10px;white-space:pre-wrap} .layertable{max-height:420px;overflow:auto}
+"""
+
+
+def _section(section_id: str, title: str, body: str) -> str:
+    return f'<section id="{section_id}"><h2>{html.escape(title)}</h2>{body}</section>'
+
+
+# ---------------------------------------------------------------------------------------- the report
+def build_report(model: onnx.ModelProto | str | bytes, *, layers: Sequence[str] | str = "auto",
+                 units_per_layer: int = 8, images: Sequence[str] | None = None, steps: int | None = None,
+                 seed: int = 0, providers: str = "auto", command: str | None = None,
+                 progress: Progress | None = None) -> tuple[str, ReportRecord]:
+    """Build the report page; returns (html, record). Nothing is written (see :func:`write_report`)."""
+    import onnxruntime
+
+    from . import __version__
+    from .attribution import Attributor, attribute
+    from .autodiff import plan, prepare
+    from .graph import class_names, find_layer, layer_table, load_model, model_summary
+    from .images import load_images, model_input
+    from .maximize import Maximizer
+    from .render import grid_image, overlay
+    from .rewrite import to_logits
+    from .runtime import available_providers
+
+    started = time.perf_counter()
+    source_label = str(model) if isinstance(model, (str, Path)) else "model"
+    model = load_model(model)
+    summary = model_summary(model)
+    table = layer_table(model)
+    names = class_names(model)
+    report = progress or (lambda what, done, total: None)
+
+    try:
+        logits_model = to_logits(model)
+    except RewriteError:
+        logits_model = model
+    prepared, target = prepare(logits_model)
+    the_plan = plan(prepared, target)
+    ops_in_path = sorted({n.op_type for n in the_plan.nodes})
+
+    chosen = auto_layers(model) if layers == "auto" else [
+        find_layer(model, int(l) if str(l).lstrip("-").isdigit() else l).outputs[0] for l in layers]
+    record = ReportRecord(model=source_label, layers=list(chosen), units_per_layer=units_per_layer,
+                          images=[str(p) for p in images or []], seed=seed, steps=steps,
+                          gradient_method="graph" if the_plan.supported else "fd",
+                          unsupported_ops=sorted(the_plan.unsupported),
+                          command=command or "onnxviz.report.build_report(...)")
+    spec = model_input(model)
+    engine = Maximizer(model, providers=providers)
+    total = len(chosen) + 2
+    done = 0
+    parts: list[str] = []
+
+    # -- summary --------------------------------------------------------------------------------
+    inputs = [(i["name"], _shape(i["shape"]), i["dtype"], i["layout"] or "-", f"[{i['range'][0]:g}, {i['range'][1]:g}]")
+              for i in summary["inputs"]]
+    outputs = [(o["name"], _shape(o["shape"]), o["dtype"] or "?") for o in summary["outputs"]]
+    ops = ", ".join(f"{op} ×{n}" for op, n in summary["ops"].items())
+    coverage = (f"every op on the path from the input to the logits has a gradient rule "
+                f"({', '.join(ops_in_path)}): gradients come from the ONNX gradient graph.")
+    if not the_plan.supported:
+        missing = "; ".join(f"{op} ({', '.join(n[:3])})" for op, n in the_plan.unsupported.items())
+        coverage = (f'<span class="warn">No gradient rule for: {html.escape(missing)}.</span> '
+                    "Visualizations and saliency below use finite differences (slower, approximate).")
+    else:
+        coverage = html.escape(coverage)
+    body = (f"<p><b>{html.escape(source_label)}</b> — opset {summary['opset']}, producer "
+            f"{html.escape(str(summary['producer'] or '?'))}, {summary['parameters']:,} parameters, "
+            f"{summary['nodes']} nodes.</p>"
+            f"<h3>Inputs</h3>{_table(['name', 'shape', 'dtype', 'layout', 'value range'], inputs)}"
+            f"<h3>Outputs</h3>{_table(['name', 'shape', 'dtype'], outputs)}"
+            f"<h3>Ops</h3><p>{html.escape(ops)}</p>"
+            f"<h3>Gradient coverage</h3><p>{coverage}</p>")
+    parts.append(_section("summary", "Model summary", body))
+
+    rows = [(l.index, l.name, l.op_type, ", ".join(l.outputs), "; ".join(_shape(s) for s in l.shapes)) for l in table]
+    parts.append(_section("layers", "Layers", '<div class="layertable">'
+                          + _table(["#", "name", "op", "outputs", "shape"], rows) + "</div>"))
+
+    # -- channel visualizations -----------------------------------------------------------------
+    body = ""
+    for tensor in chosen:
+        report(f"layer {tensor}", done, total)
+        count = engine.layer_size(tensor, logits=False)
+        units = list(range(min(units_per_layer, count)))
+        result = engine.run(tensor, units, steps=steps, seed=seed, logits=False)
+        grid = grid_image(result.images, result.labels, layout=result.layout, value_range=result.value_range)
+        body += (f'<div class="card"><h3>{html.escape(tensor)}</h3><p class="muted">channels '
+                 f"{units[0]}–{units[-1]} of {count}, {result.settings.get('steps')} steps, "
+                 f"{result.seconds:.1f} s</p>{_img(grid, f'channels of {tensor}')}</div>")
+        done += 1
+    if not chosen:
+        body = '<p class="muted">No convolution layers found; nothing to show per channel.</p>'
+    parts.append(_section("channels", "What the convolution channels respond to", body))
+
+    # -- class visualizations -------------------------------------------------------------------
+    report("classes", done, total)
+    classes = engine.run(None, None, steps=steps, seed=seed)
+    grid = grid_image(classes.images, classes.labels, layout=classes.layout, value_range=classes.value_range)
+    parts.append(_section("classes", "What each class looks like to the model",
+                          f'<p class="muted">{len(classes.labels)} output units as logits '
+                          f"(final activation stripped), {classes.settings.get('steps')} steps, "
+                          f"{classes.seconds:.1f} s</p>{_img(grid, 'class visualizations')}"))
+    done += 1
+
+    # -- where the model looks ------------------------------------------------------------------
+    report("attribution", done, total)
+    att = Attributor(model, providers=providers)
+    if images:
+        loaded = load_images(list(images), spec)
+        x, unit_images, labels = loaded.batch, loaded.unit, loaded.labels
+        record.notes.extend(loaded.notes)
+        origin = "given images"
+    else:
+        made = example_images(model, spec, seed=seed)
+        if made is None:
+            x = None
+        else:
+            unit_images, labels = made
+            x = spec.to_model(unit_images)
+        origin = "examples made by onnxviz (no images given)"
+    if x is None:
+        body = '<p class="muted">No images given (--images) and none can be made for this input kind.</p>'
+    else:
+        probs = att.probabilities(x)
+        cards = []
+        maps = {name: attribute(att, x, m).maps for name, m in ATTRIBUTION_METHODS}
+        for i, label in enumerate(labels):
+            top = int(np.argmax(probs[i]))
+            cls = names[top] if names and top < len(names) else str(top)
+            figs = [f"<figure>{_img(_upscaled(unit_images[i]), label, 140)}<figcaption>{html.escape(label)}"
+                    f"</figcaption></figure>"]
+            for name, _ in ATTRIBUTION_METHODS:
+                ov = overlay(unit_images[i], maps[name][i], layout="NHWC", value_range=(0.0, 1.0))
+                figs.append(f"<figure>{_img(_upscaled(ov), name, 140)}<figcaption>{name}</figcaption></figure>")
+            cards.append(f'<div class="card"><p>prediction: <b>{html.escape(cls)}</b> '
+                         f"({100 * probs[i, top]:.1f}%)</p>{''.join(figs)}</div>")
+        body = f'<p class="muted">{html.escape(origin)}; maps explain the top class.</p><div class="cards">{"".join(cards)}</div>'
+    parts.append(_section("attribution", "Where the model looks", body))
+    done += 1
+    report("done", done, total)
+
+    # -- reproducibility ------------------------------------------------------------------------
+    record.seconds = time.perf_counter() - started
+    provider = "CUDA" if providers != "cpu" and "CUDAExecutionProvider" in available_providers() else "CPU"
+    repro = [("command", record.command), ("seed", seed),
+             ("onnxviz", __version__), ("onnxruntime", onnxruntime.__version__), ("onnx", onnx.__version__),
+             ("numpy", np.__version__), ("python", platform.python_version()), ("provider", provider),
+             ("gradients", record.gradient_method), ("time taken", f"{record.seconds:.1f} s")]
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in record.notes)
+    parts.append(_section("reproducibility", "Reproducibility", _table(["", ""], repro)
+                          + (f"<h3>Notes</h3><ul>{notes}</ul>" if notes else "")))
+    record.sections = ["summary", "layers", "channels", "classes", "attribution", "reproducibility"]
+
+    title = f"onnxviz report — {Path(source_label).name}"
+    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{CSS}</style></head><body><main><h1>{html.escape(title)}</h1>"
+            f'<p class="muted">What the network has learned and where it looks — made by onnxviz '
+            f"{__version__} from the ONNX file alone.</p>{''.join(parts)}</main></body></html>")
+    return page, record
+
+
+def _upscaled(image: np.ndarray, size: int = 140) -> np.ndarray:
+    """A (H, W, C) picture in [0, 1] or uint8, as uint8 RGB scaled up (nearest) to about ``size`` px."""
+    img = np.asarray(image)
+    if img.dtype != np.uint8:
+        img = np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8)
+    if img.ndim == 3 and img.shape[-1] == 1:
+        img = np.repeat(img, 3, axis=-1)
+    k = max(1, size // max(img.shape[:2]))
+    return np.repeat(np.repeat(img, k, axis=0), k, axis=1)
+
+
+def write_report(model: onnx.ModelProto | str | bytes, output: str | Path, **options: Any) -> ReportRecord:
+    """Build the report and write it atomically to ``output`` (no partial file on failure)."""
+    from .fileio import atomic_output
+
+    output = Path(output)
+    if output.is_dir():
+        raise OnnxvizError(f"cannot write '{output}': it is a directory")
+    page, record = build_report(model, **options)
+    with atomic_output(output) as tmp:
+        Path(tmp).write_text(page, encoding="utf-8")
+    return record
