@@ -13,6 +13,7 @@ arrays in 0..255 are read as 8-bit pixel values; anything else is used as is, wi
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,7 +97,7 @@ class ModelInput:
 
 def model_input(model: onnx.ModelProto, input_name: str | None = None,
                 input_shape: Sequence[int] | None = None,
-                value_range: Sequence[float] | None = None) -> ModelInput:
+                value_range: Sequence[float] | None = None, *, allow_flat: bool = False) -> ModelInput:
     """The image input of ``model`` (the first input unless ``input_name``). ``input_shape`` (with
     or without the batch dim) fixes dynamic dims; ``value_range`` overrides the model's
     ``onnxviz.input_range`` metadata. Rank 4 inputs use ``input_info``'s layout, rank 3 are
@@ -113,7 +114,7 @@ def model_input(model: onnx.ModelProto, input_name: str | None = None,
         if info is None:
             raise OnnxvizError(f"model has no input {input_name!r} (inputs: {', '.join(i.name for i in infos)})")
     if not np.issubdtype(info.dtype, np.floating):
-        raise OnnxvizError(f"input {info.name!r} is {info.dtype}: attribution needs a float image input")
+        raise OnnxvizError(f"input {info.name!r} is {info.dtype}: onnxviz needs a float image input")
     full = info.shape
     batch = full[0] if full and isinstance(full[0], int) and full[0] > 0 else None
     if input_shape is not None:
@@ -141,9 +142,11 @@ def model_input(model: onnx.ModelProto, input_name: str | None = None,
             c, h, w = shape
     elif len(shape) == 2:
         layout, (h, w), c = "NHW", shape, 1
+    elif allow_flat and len(shape) == 1 and math.isqrt(shape[0]) ** 2 == shape[0]:
+        layout, h, w, c = "NF", math.isqrt(shape[0]), math.isqrt(shape[0]), 1  # a flattened square image
     else:
         raise ShapeError(f"input {info.name!r} of shape {full} is not an image input "
-                         "(expected N,C,H,W / N,H,W,C / N,H,W)")
+                         "(expected N,C,H,W / N,H,W,C / N,H,W" + (" or a flat square N,H*W)" if allow_flat else ")"))
     return ModelInput(info.name, layout, tuple(int(d) for d in shape), int(c), int(h), int(w), (lo, hi), batch)
 
 

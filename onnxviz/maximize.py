@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import onnx
 
-from .errors import OnnxvizError, ShapeError
+from .errors import OnnxvizError
 from .objectives import BoundLayer, LayerRef, LinearObjective, Objective, bind_layer, diversity, unit
 from .params import ImageParam, image_param
 from .regularizers import LpNorm, Regularizer, TotalVariation
@@ -212,51 +212,12 @@ class _Input:
 
 def _image_input(model: onnx.ModelProto, input_name: str | None, input_range: Sequence[float] | None,
                  input_shape: Sequence[int] | None) -> _Input:
-    from .graph import input_info
+    """The model's image input (see :func:`onnxviz.images.model_input`), flat square inputs too."""
+    from .images import model_input
 
-    infos = input_info(model)
-    if not infos:
-        raise OnnxvizError("the model has no inputs")
-    if input_name is None:
-        info = infos[0]
-    else:
-        info = next((i for i in infos if i.name == input_name), None)
-        if info is None:
-            raise OnnxvizError(f"model has no input {input_name!r} (inputs: {', '.join(i.name for i in infos)})")
-    if not np.issubdtype(info.dtype, np.floating):
-        raise OnnxvizError(f"input {info.name!r} is {info.dtype}: activation maximization needs a float input")
-    if input_shape is not None:
-        shape = tuple(int(d) for d in input_shape)
-        if info.shape is not None and len(shape) == len(info.shape):
-            shape = shape[1:]  # given with the batch dim
-    else:
-        if info.shape is None:
-            raise ShapeError(f"input {info.name!r} has no known shape; give input_shape")
-        dims = info.shape[1:]
-        if any(not isinstance(d, int) or d <= 0 for d in dims):
-            raise ShapeError(f"input {info.name!r} has dynamic dims {tuple(info.shape)}; give input_shape "
-                             "(e.g. 3,224,224 without the batch)")
-        shape = tuple(int(d) for d in dims)
-    lo, hi = (float(v) for v in (input_range if input_range is not None else info.value_range))
-    if not hi > lo:
-        raise OnnxvizError(f"bad input range [{lo:g}, {hi:g}]: the high end must be above the low end")
-    if len(shape) == 3:
-        layout = info.layout or ("NHWC" if shape[-1] in (1, 3, 4) and shape[0] not in (1, 3, 4) else "NCHW")
-        if layout == "NHWC":
-            h, w, c = shape
-        else:
-            layout = "NCHW"
-            c, h, w = shape
-    elif len(shape) == 2:
-        layout, (h, w), c = "NHW", shape, 1
-    elif len(shape) == 1 and int(math.isqrt(shape[0])) ** 2 == shape[0]:
-        side = math.isqrt(shape[0])
-        layout, h, w, c = "NF", side, side, 1
-    else:
-        raise ShapeError(f"input {info.name!r} of shape {info.shape} is not an image "
-                         "(expected N,C,H,W / N,H,W,C / N,H,W or a flat square N,H*W)")
-    fixed = info.shape[0] if info.shape and isinstance(info.shape[0], int) and info.shape[0] > 0 else None
-    return _Input(info.name, layout, shape, int(c), int(h), int(w), (lo, hi), fixed)
+    spec = model_input(model, input_name, input_shape, input_range, allow_flat=True)
+    return _Input(spec.name, spec.layout, spec.shape, spec.channels, spec.height, spec.width, spec.value_range,
+                  spec.batch)
 
 
 # ----------------------------------------------------------------------------------- results

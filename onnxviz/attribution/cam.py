@@ -194,6 +194,7 @@ def cam_gradient_model(model: onnx.ModelProto, target: str, feature: str) -> onn
     ``delta``, to be fed zeros)."""
     from ..autodiff import gradient_model
     from ..graph import tensor_dtype, tensor_shape
+    from ..rewrite import _fresh
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -202,12 +203,7 @@ def cam_gradient_model(model: onnx.ModelProto, target: str, feature: str) -> onn
     taken |= {x for n in g.node for x in list(n.input) + list(n.output)} | {n.name for n in g.node}
 
     def fresh(base: str) -> str:
-        name, i = base, 0
-        while name in taken:
-            i += 1
-            name = f"{base}_{i}"
-        taken.add(name)
-        return name
+        return _fresh(base, taken)
 
     if feature in {o.name for o in g.output}:
         raise OnnxvizError(f"the CAM layer {feature!r} is a graph output: it needs a head after it")
