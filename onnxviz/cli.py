@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -33,7 +32,7 @@ def report_user_error(error: OnnxvizError) -> None:
 class OnnxvizGroup(TyperGroup):
     """Runs subcommands so that user errors end as one line and exit code 2, never a traceback."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:  # a click Context (typer may vendor click)
         try:
             return super().invoke(ctx)
         except OnnxvizError as e:
