@@ -51,6 +51,7 @@ from .maximize import MaximizeResult, Maximizer, Settings, StepInfo, default_set
 from .objectives import Objective, channel, direction, diversity, neuron, unit
 from .params import ImageParam, image_param
 from .render import grid_image, overlay, save_gif, save_grid, save_npy, save_result, to_display
+from .report import ReportRecord, build_report, write_report
 from . import regularizers, transforms  # noqa: E402 - namespaces for maximize(transforms=..., regularizers=...)
 
 
@@ -74,7 +75,7 @@ def _version() -> str:
 __version__ = _version()
 
 __all__ = [
-    "__version__",
+    "__version__", "build_report", "write_report", "ReportRecord",
     # errors
     "OnnxvizError", "ModelLoadError", "LayerNotFoundError", "RewriteError", "ShapeError",
     "UnsupportedOpError", "ConversionError", "ParityError", "MissingDependencyError", "ImageError",
