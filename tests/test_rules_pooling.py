@@ -201,3 +201,27 @@ def test_global_pools_symbolic_dims(op, dims):
     x2 = distinct((1, 2, 3, 6), seed=1).astype(np.float32)
     if len(dims) > 1:
         assert_close(check_gradient(model, {"x": x2}, of="out0"), f"{op} {dims}, other size")
+
+
+def test_tiling_max_pool_uses_no_indices_and_splits_ties():
+    """kernel == stride without pads: the rule compares against the pooled max instead of asking
+    the forward MaxPool for Indices (which would move it off onnxruntime's fast kernel)."""
+    rng = np.random.default_rng(3)
+    x = rng.permutation(2 * 3 * 6 * 8).reshape(2, 3, 6, 8).astype(np.float32) / 10 - 3
+    result = check_op("MaxPool", {"x": x}, {"kernel_shape": [2, 2], "strides": [2, 2]})
+    assert result.fd_error < 1e-5
+    model = single_node_model("MaxPool", {"x": x}, {"kernel_shape": [2, 2], "strides": [2, 2]})
+    grad = gradient_model(model)
+    pools = [n for n in grad.graph.node if n.op_type == "MaxPool"]
+    assert len(pools) == 1 and len(pools[0].output) == 1
+    assert not any(n.op_type == "ScatterElements" for n in grad.graph.node)
+    # a window of four equal maxima shares the cotangent evenly (a valid subgradient)
+    import onnxruntime as ort
+
+    from onnxviz.autodiff import COTANGENT
+
+    flat = np.zeros((1, 1, 2, 2), np.float32)
+    one = single_node_model("MaxPool", {"x": flat}, {"kernel_shape": [2, 2], "strides": [2, 2]})
+    sess = ort.InferenceSession(gradient_model(one).SerializeToString(), providers=["CPUExecutionProvider"])
+    _, gx = sess.run(None, {"x": flat, COTANGENT: np.full((1, 1, 1, 1), 2.0, np.float32)})
+    np.testing.assert_allclose(gx, np.full((1, 1, 2, 2), 0.5))
