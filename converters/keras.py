@@ -77,12 +77,10 @@ def _import_keras() -> Any:
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Hide what the exporter prints (stdout chatter, Python warnings, tf2onnx/TF info logs) for
-    the duration of the block only, restoring every setting afterwards (tf2onnx also sets
-    TF_CPP_MIN_LOG_LEVEL=3 in os.environ when imported: that is undone too)."""
-    env_level = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
-    loggers = [logging.getLogger(name) for name in ("tf2onnx", "tensorflow", "absl")]
+def quiet_loggers(names: Sequence[str]) -> Iterator[None]:
+    """For the block only: the named loggers at ERROR, Python warnings off, stdout swallowed —
+    how every exporter here hides its chatter; every setting is restored afterwards."""
+    loggers = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
@@ -93,6 +91,18 @@ def _quiet() -> Iterator[None]:
     finally:
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Hide what the exporter prints (stdout chatter, Python warnings, tf2onnx/TF info logs) for
+    the duration of the block only, restoring every setting afterwards (tf2onnx also sets
+    TF_CPP_MIN_LOG_LEVEL=3 in os.environ when imported: that is undone too)."""
+    env_level = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+    try:
+        with quiet_loggers(("tf2onnx", "tensorflow", "absl")):
+            yield
+    finally:
         if env_level is None:
             os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
         else:

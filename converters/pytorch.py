@@ -25,8 +25,6 @@ import ast
 import contextlib
 import inspect
 import io
-import logging
-import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -44,6 +42,7 @@ from converters import (
     missing_dependency,
 )
 from onnxviz.errors import ConversionError
+from converters.keras import quiet_loggers
 
 __all__ = ["convert", "convert_torchscript", "export_module", "rename_torch_nodes", "name_nodes_by_module", "EXPORTERS"]
 
@@ -67,17 +66,8 @@ def _import_torch() -> Any:
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Hide the exporters' chatter (deprecation and tracer warnings, stdout, torch.onnx logs)."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
+    with quiet_loggers(("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")):
+        yield
 
 
 @contextlib.contextmanager
