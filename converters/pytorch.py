@@ -42,7 +42,7 @@ from converters import (
     missing_dependency,
 )
 from onnxviz.errors import ConversionError
-from converters.keras import quiet_loggers
+from converters.keras import _unique, quiet_loggers
 
 __all__ = ["convert", "convert_torchscript", "export_module", "rename_torch_nodes", "name_nodes_by_module", "EXPORTERS"]
 
@@ -363,19 +363,3 @@ def _extend(parts: list[str], segment: list[str], modules: set[str]) -> list[str
         if count.isdigit() and ".".join(candidate[:-1] + [base]) in modules:
             return candidate[:-1] + [base]
     return None
-
-
-def _unique(names: list[str]) -> list[str]:
-    taken = set(names)
-    used: set[str] = set()
-    result = []
-    for name in names:
-        if name in used:
-            k = 1
-            while f"{name}__{k}" in taken:
-                k += 1
-            name = f"{name}__{k}"
-            taken.add(name)
-        used.add(name)
-        result.append(name)
-    return result
