@@ -7,6 +7,8 @@ oracle judges the op onnxruntime actually runs.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import onnx
 import pytest
@@ -16,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from gradcheck import check_gradient, check_op, ort_session, rel_error
 from onnxviz.autodiff import gradient_model
+from onnxviz.autodiff.rules import linear as linear_rules
 from onnxviz.errors import ShapeError, UnsupportedOpError
 from onnxviz.fd import Float64Reference, single_node_model
 
@@ -160,6 +163,56 @@ def test_conv_hypothesis(config, seed):
     _check_config("Conv", config, seed)
 
 
+@contextlib.contextmanager
+def flipped_conv_backward():
+    """Take the stride-1 "flipped-kernel Conv" backward path at any channel count (it is normally
+    kept for >= FLIP_MIN_CHANNELS output channels, where it is faster than ConvTranspose)."""
+    saved = linear_rules.FLIP_MIN_CHANNELS
+    linear_rules.FLIP_MIN_CHANNELS = 0
+    try:
+        yield
+    finally:
+        linear_rules.FLIP_MIN_CHANNELS = saved
+
+
+@pytest.mark.parametrize("case", sorted(c for c, (_, _, a) in CONV_CASES.items() if set(a.get("strides", [1])) == {1}))
+def test_conv_stride_one_backward_as_flipped_conv(case):
+    x_shape, w_shape, attrs = CONV_CASES[case]
+    with flipped_conv_backward():
+        model = single_node_model("Conv", {"x": normal(*x_shape)}, attrs, {"w": normal(*w_shape)})
+        ops = [n.op_type for n in gradient_model(model).graph.node]
+        k = len(w_shape) - 2
+        reach = [d * (kk - 1) for kk, d in zip(w_shape[2:], attrs.get("dilations", [1] * k))]
+        pads = attrs.get("pads", [0] * 2 * k)
+        if all(p <= r for p, r in zip(pads, reach + reach)):
+            assert "ConvTranspose" not in ops and ops.count("Conv") == 2, ops
+        else:  # a pad beyond the kernel's reach: the backward Conv would need negative pads
+            assert "ConvTranspose" in ops
+        check_conv("Conv", normal(*x_shape), normal(*w_shape), attrs)
+
+
+@HYPOTHESIS
+@given(config=conv_config(transpose=False), seed=st.integers(0, 2**16))
+def test_conv_hypothesis_flipped_backward(config, seed):
+    with flipped_conv_backward():
+        _check_config("Conv", config, seed)
+
+
+def test_conv_backward_path_follows_channel_count():
+    """Wide stride-1 convs get the flipped Conv; narrow ones (an RGB/grayscale image gradient) and
+    strided ones keep ConvTranspose."""
+    def back_ops(c_in, strides):
+        model = single_node_model("Conv", {"x": normal(1, c_in, 6, 6)}, {"strides": strides, "pads": [1, 1, 1, 1]},
+                                  {"w": normal(4, c_in, 3, 3)})
+        return {n.op_type for n in gradient_model(model).graph.node}
+
+    assert "ConvTranspose" not in back_ops(linear_rules.FLIP_MIN_CHANNELS, [1, 1])
+    assert "ConvTranspose" in back_ops(3, [1, 1])
+    assert "ConvTranspose" in back_ops(linear_rules.FLIP_MIN_CHANNELS, [2, 1])
+    check_conv("Conv", normal(2, 16, 5, 6), normal(8, 16, 3, 3), {"pads": [1, 0, 2, 1]})
+    check_conv("Conv", normal(1, 16, 5, 6), normal(16, 2, 3, 3), {"group": 8, "dilations": [2, 1], "pads": [2, 1, 2, 1]})
+
+
 def test_conv_weight_gradient_is_unsupported():
     model = single_node_model("Conv", {"x": normal(1, 2, 5, 5), "w": normal(3, 2, 3, 3)})
     with pytest.raises(UnsupportedOpError, match="Conv weights"):
@@ -228,6 +281,17 @@ def test_conv_symbolic_dims(case):
     if "spatial" in case:  # the dynamic branch was taken
         ops = {n.op_type for n in gradient_model(model).graph.node}
         assert "Pad" in ops
+
+
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER", "NOTSET"])
+def test_conv_symbolic_spatial_stride_one_flipped(auto_pad):
+    """At stride 1 the pads do not depend on the input size: symbolic H, W need no runtime Pad."""
+    attrs = {"auto_pad": auto_pad} if auto_pad != "NOTSET" else {"pads": [1, 0, 0, 2]}
+    with flipped_conv_backward():
+        model = symbolic_model("Conv", ["N", 2, "H", "W"], normal(3, 2, 2, 3), attrs)
+        ops = {n.op_type for n in gradient_model(model).graph.node}
+        assert not ops & {"Pad", "ConvTranspose"}, ops
+        check_symbolic(model, [(1, 2, 7, 6), (2, 2, 4, 5)])
 
 
 def test_conv_symbolic_spatial_bias_gradient():

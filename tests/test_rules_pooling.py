@@ -225,3 +225,18 @@ def test_tiling_max_pool_uses_no_indices_and_splits_ties():
     sess = ort.InferenceSession(gradient_model(one).SerializeToString(), providers=["CPUExecutionProvider"])
     _, gx = sess.run(None, {"x": flat, COTANGENT: np.full((1, 1, 1, 1), 2.0, np.float32)})
     np.testing.assert_allclose(gx, np.full((1, 1, 2, 2), 0.5))
+
+
+def test_tiling_max_pool_with_symbolic_batch_and_channels():
+    """Only the spatial dims need to be static for the Indices-free rule (exported models have a
+    symbolic batch); one graph serves every batch size. float32 replicates window values with a
+    nearest Resize; other dtypes (no onnxruntime Resize kernel) with a broadcast window view."""
+    for dtype in (np.float32, np.float64):
+        x = distinct((1, 3, 6, 4)).astype(dtype)
+        model = symbolic(single_node_model("MaxPool", {"x": x}, {"kernel_shape": [2, 2], "strides": [2, 2]}),
+                         {0: "N", 1: "C"})
+        ops = [n.op_type for n in gradient_model(model).graph.node]
+        assert "ScatterElements" not in ops and ("Resize" in ops) == (dtype == np.float32), ops
+        assert_close(check_gradient(model, {"x": x}, of="out0"), f"{dtype.__name__} batch 1")
+        x3 = distinct((3, 2, 6, 4), seed=2).astype(dtype)
+        assert_close(check_gradient(model, {"x": x3}, of="out0"), f"{dtype.__name__} batch 3, 2 channels")
