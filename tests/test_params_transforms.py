@@ -212,6 +212,23 @@ def test_realize_is_seeded_and_per_image():
     assert not np.allclose(a.matrices, d.matrices)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_realize_many_equals_one_step_at_a_time(mode):
+    """maximize realizes a few steps' warps at once: same random draws, same tables, same images."""
+    pipe = Pipeline([Pad(2), Jitter(4), Scale(0.9, 1.1), Rotate(10)], mode=mode, fill=0.25, out_size=(12, 10))
+    many = pipe.realize_many([np.random.default_rng([3, i]) for i in range(2)], 3, (12, 10), 4)
+    rngs = [np.random.default_rng([3, i]) for i in range(2)]
+    x = np.random.default_rng(0).random((2, 3, 12, 10))
+    g = np.random.default_rng(1).random((2, 3, 12, 10))
+    assert len(many) == 4
+    for w in many:
+        one = pipe.realize(rngs, 3, (12, 10))
+        assert np.array_equal(w.matrices, one.matrices)
+        assert np.array_equal(w.index, one.index) and np.array_equal(w.weight, one.weight)
+        assert np.array_equal(w.apply(x), one.apply(x)) and np.array_equal(w.adjoint(g), one.adjoint(g))
+    assert not np.array_equal(many[0].matrices, many[1].matrices)
+
+
 def test_transform_records_round_trip():
     for t in ALL_TRANSFORMS:
         assert transform_from_dict(t.describe()) == t
