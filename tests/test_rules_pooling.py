@@ -203,40 +203,50 @@ def test_global_pools_symbolic_dims(op, dims):
         assert_close(check_gradient(model, {"x": x2}, of="out0"), f"{op} {dims}, other size")
 
 
-def test_tiling_max_pool_uses_no_indices_and_splits_ties():
-    """kernel == stride without pads: the rule compares against the pooled max instead of asking
-    the forward MaxPool for Indices (which would move it off onnxruntime's fast kernel)."""
-    rng = np.random.default_rng(3)
-    x = rng.permutation(2 * 3 * 6 * 8).reshape(2, 3, 6, 8).astype(np.float32) / 10 - 3
-    result = check_op("MaxPool", {"x": x}, {"kernel_shape": [2, 2], "strides": [2, 2]})
-    assert result.fd_error < 1e-5
-    model = single_node_model("MaxPool", {"x": x}, {"kernel_shape": [2, 2], "strides": [2, 2]})
-    grad = gradient_model(model)
-    pools = [n for n in grad.graph.node if n.op_type == "MaxPool"]
-    assert len(pools) == 1 and len(pools[0].output) == 1
-    assert not any(n.op_type == "ScatterElements" for n in grad.graph.node)
-    # a window of four equal maxima shares the cotangent evenly (a valid subgradient)
+def first_max_routing(x: np.ndarray, gz: np.ndarray, kh: int, kw: int) -> np.ndarray:
+    """numpy oracle: each window's cotangent to its first maximum in row-major order (what
+    onnxruntime's Indices, TensorFlow and PyTorch pick at ties)."""
+    n, c, h, w = x.shape
+    win = x.reshape(n, c, h // kh, kh, w // kw, kw).transpose(0, 1, 2, 4, 3, 5).reshape(n, c, h // kh, w // kw, -1)
+    pick = np.eye(kh * kw)[win.argmax(-1)] * gz[..., None]
+    return pick.reshape(n, c, h // kh, w // kw, kh, kw).transpose(0, 1, 2, 4, 3, 5).reshape(n, c, h, w)
+
+
+@pytest.mark.parametrize("kernel", [[2, 2], [3, 2], [1, 4]])
+def test_tiling_max_pool_uses_no_indices_and_routes_ties_to_the_first_max(kernel):
+    """kernel == stride without pads: no Indices asked of the forward MaxPool (which would move it
+    off onnxruntime's fast kernel); ties go where onnxruntime's own Indices send them."""
     import onnxruntime as ort
 
     from onnxviz.autodiff import COTANGENT
 
-    flat = np.zeros((1, 1, 2, 2), np.float32)
-    one = single_node_model("MaxPool", {"x": flat}, {"kernel_shape": [2, 2], "strides": [2, 2]})
-    sess = ort.InferenceSession(gradient_model(one).SerializeToString(), providers=["CPUExecutionProvider"])
-    _, gx = sess.run(None, {"x": flat, COTANGENT: np.full((1, 1, 1, 1), 2.0, np.float32)})
-    np.testing.assert_allclose(gx, np.full((1, 1, 2, 2), 0.5))
+    rng = np.random.default_rng(3)
+    x = rng.permutation(2 * 3 * 6 * 8).reshape(2, 3, 6, 8).astype(np.float32) / 10 - 3
+    result = check_op("MaxPool", {"x": x}, {"kernel_shape": kernel, "strides": kernel})
+    assert result.fd_error < 1e-5
+    model = single_node_model("MaxPool", {"x": x}, {"kernel_shape": kernel, "strides": kernel})
+    grad = gradient_model(model)
+    pools = [n for n in grad.graph.node if n.op_type == "MaxPool" and n.input[0] == "x"]
+    assert len(pools) == 1 and len(pools[0].output) == 1
+    assert not any(n.op_type == "ScatterElements" for n in grad.graph.node)
+    # many exact ties (small integers, as saturated pixels give): same routing as the oracle
+    ties = rng.integers(0, 3, size=(2, 3, 6, 8)).astype(np.float32)
+    gz = rng.standard_normal((2, 3, 6 // kernel[0], 8 // kernel[1])).astype(np.float32)
+    sess = ort.InferenceSession(grad.SerializeToString(), providers=["CPUExecutionProvider"])
+    _, gx = sess.run(None, {"x": ties, COTANGENT: gz})
+    np.testing.assert_array_equal(gx, first_max_routing(ties, gz, *kernel))
 
 
 def test_tiling_max_pool_with_symbolic_batch_and_channels():
     """Only the spatial dims need to be static for the Indices-free rule (exported models have a
-    symbolic batch); one graph serves every batch size. float32 replicates window values with a
-    nearest Resize; other dtypes (no onnxruntime Resize kernel) with a broadcast window view."""
+    symbolic batch); one graph serves every batch size. Other dtypes than float32 (no onnxruntime
+    Resize kernel) route through the forward MaxPool's Indices."""
     for dtype in (np.float32, np.float64):
         x = distinct((1, 3, 6, 4)).astype(dtype)
         model = symbolic(single_node_model("MaxPool", {"x": x}, {"kernel_shape": [2, 2], "strides": [2, 2]}),
                          {0: "N", 1: "C"})
         ops = [n.op_type for n in gradient_model(model).graph.node]
-        assert "ScatterElements" not in ops and ("Resize" in ops) == (dtype == np.float32), ops
+        assert ("ScatterElements" in ops) == (dtype == np.float64) and ("Resize" in ops) == (dtype == np.float32), ops
         assert_close(check_gradient(model, {"x": x}, of="out0"), f"{dtype.__name__} batch 1")
         x3 = distinct((3, 2, 6, 4), seed=2).astype(dtype)
         assert_close(check_gradient(model, {"x": x3}, of="out0"), f"{dtype.__name__} batch 3, 2 channels")
