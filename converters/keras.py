@@ -53,27 +53,30 @@ LayerTree = dict[str, "LayerTree"]
 
 # --------------------------------------------------------------------------- quiet framework use
 
-def _import_keras() -> Any:
-    """Import keras, naming the extra to install when it (or its backend) is missing.
+def quiet_import(modules: Sequence[str], what: str) -> list[Any]:
+    """Import TensorFlow-side ``modules`` in order, naming the extra to install when one is missing.
 
     When TensorFlow is not imported yet and the user set no level, its C++ start-up logs are
     silenced: TF_CPP_MIN_LOG_LEVEL is set for the import only (TensorFlow reads it once, at its first
     log line) and the environment is restored afterwards.
     """
-    if "keras" in sys.modules:
-        return sys.modules["keras"]
     quiet = "TF_CPP_MIN_LOG_LEVEL" not in os.environ and "tensorflow" not in sys.modules
     if quiet:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     try:
         with _quiet():
-            import keras
+            return [importlib.import_module(name) for name in modules]
     except ImportError as e:
-        raise missing_dependency(EXTRA, "converting a Keras model", e) from e
+        raise missing_dependency(EXTRA, what, e) from e
     finally:
         if quiet:
             os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
-    return keras
+
+
+def _import_keras() -> Any:
+    if "keras" in sys.modules:
+        return sys.modules["keras"]
+    return quiet_import(["keras"], "converting a Keras model")[0]
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ from converters import (
     layout_metadata,
     missing_dependency,
 )
-from converters.keras import _first_line, _quiet
+from converters.keras import _first_line, _quiet, quiet_import
 from onnxviz.errors import ConversionError
 
 __all__ = ["convert_saved_model", "convert_tflite", "saved_model_signatures"]
@@ -46,18 +46,7 @@ _WRAPPER_SCOPES = ("StatefulPartitionedCall", "PartitionedCall")
 
 def _import_tensorflow(what: str) -> tuple[Any, Any]:
     """(tensorflow, tf2onnx), imported quietly; a missing one names the extra to install."""
-    quiet = "TF_CPP_MIN_LOG_LEVEL" not in os.environ and "tensorflow" not in sys.modules
-    if quiet:
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    try:
-        with _quiet():
-            import tensorflow as tf
-            import tf2onnx
-    except ImportError as e:
-        raise missing_dependency(EXTRA, what, e) from e
-    finally:
-        if quiet:
-            os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    tf, tf2onnx = quiet_import(["tensorflow", "tf2onnx"], what)
     return tf, tf2onnx
 
 
