@@ -250,3 +250,38 @@ def test_tiling_max_pool_with_symbolic_batch_and_channels():
         assert_close(check_gradient(model, {"x": x}, of="out0"), f"{dtype.__name__} batch 1")
         x3 = distinct((3, 2, 6, 4), seed=2).astype(dtype)
         assert_close(check_gradient(model, {"x": x3}, of="out0"), f"{dtype.__name__} batch 3, 2 channels")
+
+
+@pytest.mark.parametrize("modifier", [None, "guided", "deconvnet"])
+def test_relu_mask_applied_at_the_pooled_resolution(modifier):
+    """conv -> relu -> 2x2 pool: the Relu's mask moves into the MaxPool rule (pooled resolution);
+    the gradients equal those of the same net with an Identity between Relu and MaxPool (where
+    nothing is fused), for every modifier, on inputs with many exact zeros and ties."""
+    import onnxruntime as ort
+
+    from onnxviz.autodiff import COTANGENT
+
+    def net(identity: bool) -> onnx.ModelProto:
+        nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu")]
+        pool_in = "r"
+        if identity:
+            nodes.append(helper.make_node("Identity", ["r"], ["r2"], name="id"))
+            pool_in = "r2"
+        nodes.append(helper.make_node("MaxPool", [pool_in], ["out0"], name="pool", kernel_shape=[2, 2], strides=[2, 2]))
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 6, 8])],
+                                  [helper.make_tensor_value_info("out0", TensorProto.FLOAT, None)])
+        return onnx.shape_inference.infer_shapes(
+            helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10))
+
+    rng = np.random.default_rng(5)
+    x = rng.integers(-2, 3, size=(2, 3, 6, 8)).astype(np.float32)  # zeros, negatives, positive ties
+    gz = rng.standard_normal((2, 3, 3, 4)).astype(np.float32)
+    fused, plain = (gradient_model(net(identity), modifier=modifier) for identity in (False, True))
+    relu_masks = [n for n in fused.graph.node if n.op_type == "Greater" and n.input[0] == "r"]
+    assert not relu_masks if modifier != "deconvnet" else True
+    got, want = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+                 .run(None, {"x": x, COTANGENT: gz})[1] for m in (fused, plain))
+    np.testing.assert_array_equal(got, want)
+    if modifier is None:
+        assert_close(check_gradient(net(False), {"x": distinct((1, 3, 6, 8)).astype(np.float32) - 0.5},
+                                    of="out0"), "relu -> pool")

@@ -108,6 +108,7 @@ class GraphInfo:
                 self.shapes[vi.name] = tuple(
                     d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim
                 )
+        self.producers: dict[str, onnx.NodeProto] = {o: n for n in graph.node for o in n.output if o}
         self.constants: dict[str, np.ndarray] = {}
         for init in graph.initializer:
             arr = numpy_helper.to_array(init)
@@ -150,6 +151,9 @@ class GradBuilder:
         self._shapes: dict[str, str] = {}
         self.node: ForwardNode | None = None  # the forward node whose rule is running
         self.modifier: str | None = None
+        # gradients already zero wherever their Relu's output is 0 (a rule downstream applied the
+        # Relu's mask where it was cheaper): the Relu rule passes them through
+        self.relu_masked: set[str] = set()
 
     # ---- names ---------------------------------------------------------------------------------
     def fresh(self, hint: str) -> str:

@@ -197,7 +197,7 @@ def relu(g, node, gy):
     zero = g.const(0.0, like=z)
     if g.modifier == "deconvnet":
         return [g.Relu(gy[0])]
-    through = g.Where(g.Greater(z, zero), gy[0], zero)
+    through = gy[0] if gy[0] in g.relu_masked else g.Where(g.Greater(z, zero), gy[0], zero)
     return [_modified(g, through, gy[0], z)]
 
 

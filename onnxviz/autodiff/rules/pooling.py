@@ -94,8 +94,18 @@ def _max_pool_tiles(g, node, gz: str, x: str, kernel, out) -> str:
     resolution or a pooling: window values are replicated by a nearest-neighbour Resize
     (broadcasting a 6-D window view measured 10x slower), and the first maximum is found by giving
     each maximum a score that falls with its position in the window and max-pooling the scores
-    (small integers, compared exactly)."""
+    (small integers, compared exactly).
+
+    After a Relu (the common conv -> relu -> pool), the Relu's mask is applied here, at the pooled
+    resolution: a window's maximum is 0 exactly when the Relu zeroed its first maximum, so masking
+    the cotangent where the pooled value is 0 makes the result zero wherever the Relu's output is,
+    and the Relu rule skips its full-resolution mask (not with deconvnet, which ignores the mask)."""
     (kh, kw), (oh, ow) = kernel, out
+    producer = g.info.producers.get(x)
+    fuse_relu = producer is not None and producer.op_type == "Relu" and g.modifier != "deconvnet"
+    if fuse_relu:
+        zero = g.const(0.0, like=x)
+        gz = g.Where(g.Greater(node.output[0], zero), gz, zero)
     scales = g.const([1.0, 1.0, float(kh), float(kw)], dtype=np.float32)
 
     def up(t: str) -> str:
@@ -108,7 +118,10 @@ def _max_pool_tiles(g, node, gz: str, x: str, kernel, out) -> str:
     scored = g.Mul(hits, g.const(score[None, None]))
     first = g.Cast(g.Equal(scored, up(g.MaxPool(scored, kernel_shape=[kh, kw], strides=[kh, kw]))),
                    to=onnx.TensorProto.FLOAT)
-    return g.Mul(first, up(gz))
+    dx = g.Mul(first, up(gz))
+    if fuse_relu:
+        g.relu_masked.add(dx)
+    return dx
 
 
 def pool_output_size(n: int, kernel: int, stride: int, dilation: int, pad_begin: int, pad_end: int,
