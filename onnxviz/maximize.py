@@ -94,7 +94,7 @@ def default_settings(channels: int, h: int, w: int) -> Settings:
     and the circle classes barely move in 512 steps) and Adam lr 0.1 (lr 0.05 or 0.15 leaves a class
     below p = 0.9 on some seeds: 0.08, 0.81), keeping lucid's 512 steps (at 384 the hardest class,
     green circle, ended at p = 0.885-0.893 on 2 of 6 seeds; at 512 every class of 10 seeds reaches
-    p >= 0.91). Class units are log-softmax (see :func:`maximize`): bare logits fail there.
+    p >= 0.93). Class units are log-softmax (see :func:`maximize`): bare logits fail there.
     """
     side = max(h, w)
     if side < 64:
