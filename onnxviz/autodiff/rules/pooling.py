@@ -94,7 +94,9 @@ def _max_pool_tiles(g, node, gz: str, x: str, kernel, out) -> str:
     resolution or a pooling: window values are replicated by a nearest-neighbour Resize
     (broadcasting a 6-D window view measured 10x slower), and the first maximum is found by giving
     each maximum a score that falls with its position in the window and max-pooling the scores
-    (small integers, compared exactly).
+    (small integers, compared exactly). End to end it measures the same as the Indices path on
+    mnist_cnn (batch 1 to 100, interleaved A/B, bit-identical gradients): what the fast forward
+    saves, the elementwise backward spends.
 
     After a Relu (the common conv -> relu -> pool), the Relu's mask is applied here, at the pooled
     resolution: a window's maximum is 0 exactly when the Relu zeroed its first maximum, so masking
