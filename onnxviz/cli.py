@@ -116,6 +116,17 @@ def _parse_shapes(text: str | None) -> list[tuple[int, ...]] | None:
     return shapes
 
 
+# options several commands share (one definition each)
+_PROVIDERS_OPT = typer.Option("auto", "--providers", help="auto | cpu | cuda.")
+_INPUT_SHAPE_OPT = typer.Option(None, "--input-shape", help="Input shape for dynamic dims, e.g. 1,3,224,224.")
+_INPUT_RANGE_OPT = typer.Option(None, "--input-range", help="Input value range, e.g. 0,1 (default: metadata).")
+_METRICS_OPT = typer.Option(False, "--metrics", help="Print deletion / insertion AUC (and a random order's).")
+_SANITY_OPT = typer.Option(False, "--sanity", help="Print the model-randomization sanity check.")
+_CMAP_OPT = typer.Option("jet", "--cmap", help="Matplotlib colormap of the overlays.")
+_ALPHA_OPT = typer.Option(0.5, "--alpha", help="Overlay opacity.")
+_BATCH_OPT = typer.Option(None, "--batch-size", help="Inputs per onnxruntime run (default: auto).")
+
+
 # ----------------------------------------------------------------------------------- commands
 @command()
 def layers(
@@ -258,7 +269,7 @@ def check(
     model: str = typer.Argument(..., help="ONNX model file."),
     layer: Optional[str] = typer.Option(None, "--layer", "-l",
                                         help="Target: layer name, index or tensor (default: logits of the first output)."),
-    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="Input shape for dynamic dims, e.g. 1,3,224,224."),
+    input_shape: Optional[str] = _INPUT_SHAPE_OPT,
     seed: int = typer.Option(0, "--seed", help="Seed of the random input and directions."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -321,10 +332,10 @@ def maximize(
                                             help="Also write the raw images (units, *input shape), model layout and range."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON record instead of text."),
     gradient: str = typer.Option("auto", "--gradient", help="auto | graph | fd."),
-    providers: str = typer.Option("auto", "--providers", help="auto | cpu | cuda."),
+    providers: str = _PROVIDERS_OPT,
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per onnxruntime run (default: auto)."),
-    input_range: Optional[str] = typer.Option(None, "--input-range", help="Input value range, e.g. 0,1 (default: metadata)."),
-    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="Input shape for dynamic dims, e.g. 1,3,224,224."),
+    input_range: Optional[str] = _INPUT_RANGE_OPT,
+    input_shape: Optional[str] = _INPUT_SHAPE_OPT,
 ) -> None:
     """Activation maximization: images that drive units of a layer (class logits by default)."""
     from .maximize import Maximizer, default_settings, parse_units
@@ -475,16 +486,16 @@ def saliency(
     noise: float = typer.Option(0.15, "--noise", help="SmoothGrad: noise sigma as a fraction of the input range."),
     steps: int = typer.Option(64, "--steps", help="Integrated gradients: steps."),
     baseline: str = typer.Option("black", "--baseline", help="Integrated gradients: black | white | zero | a number."),
-    metrics: bool = typer.Option(False, "--metrics", help="Print deletion / insertion AUC (and a random order's)."),
-    sanity: bool = typer.Option(False, "--sanity", help="Print the model-randomization sanity check."),
+    metrics: bool = _METRICS_OPT,
+    sanity: bool = _SANITY_OPT,
     seed: int = typer.Option(0, "--seed", help="Seed of the SmoothGrad noise and the metrics."),
-    cmap: str = typer.Option("jet", "--cmap", help="Matplotlib colormap of the overlays."),
-    alpha: float = typer.Option(0.5, "--alpha", help="Overlay opacity."),
+    cmap: str = _CMAP_OPT,
+    alpha: float = _ALPHA_OPT,
     gradient: str = typer.Option("auto", "--gradient", help="auto | graph | fd."),
-    providers: str = typer.Option("auto", "--providers", help="auto | cpu | cuda."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Inputs per onnxruntime run (default: auto)."),
-    input_range: Optional[str] = typer.Option(None, "--input-range", help="Input value range, e.g. 0,1 (default: metadata)."),
-    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="Input shape for dynamic dims, e.g. 1,3,224,224."),
+    providers: str = _PROVIDERS_OPT,
+    batch_size: Optional[int] = _BATCH_OPT,
+    input_range: Optional[str] = _INPUT_RANGE_OPT,
+    input_shape: Optional[str] = _INPUT_SHAPE_OPT,
 ) -> None:
     """Saliency maps from input gradients (vanilla, SmoothGrad, gradient x input, IG, guided, deconvnet)."""
     mod = None if modifier.strip().lower() in ("none", "signed", "") else modifier.strip().lower()
@@ -507,16 +518,16 @@ def cam(
                                              "spatial map before global pooling / flatten)."),
     save_npy: Optional[Path] = _NPY_OPT,
     top_n: Optional[int] = typer.Option(None, "--top-n", help="Score-CAM: use only the N channels of largest variance."),
-    metrics: bool = typer.Option(False, "--metrics", help="Print deletion / insertion AUC (and a random order's)."),
-    sanity: bool = typer.Option(False, "--sanity", help="Print the model-randomization sanity check."),
+    metrics: bool = _METRICS_OPT,
+    sanity: bool = _SANITY_OPT,
     seed: int = typer.Option(0, "--seed", help="Seed of the metrics' tie-breaking."),
-    cmap: str = typer.Option("jet", "--cmap", help="Matplotlib colormap of the overlays."),
-    alpha: float = typer.Option(0.5, "--alpha", help="Overlay opacity."),
+    cmap: str = _CMAP_OPT,
+    alpha: float = _ALPHA_OPT,
     gradient: str = typer.Option("auto", "--gradient", help="auto | graph | fd (guided Grad-CAM needs graph)."),
-    providers: str = typer.Option("auto", "--providers", help="auto | cpu | cuda."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Inputs per onnxruntime run (default: auto)."),
-    input_range: Optional[str] = typer.Option(None, "--input-range", help="Input value range, e.g. 0,1 (default: metadata)."),
-    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="Input shape for dynamic dims, e.g. 1,3,224,224."),
+    providers: str = _PROVIDERS_OPT,
+    batch_size: Optional[int] = _BATCH_OPT,
+    input_range: Optional[str] = _INPUT_RANGE_OPT,
+    input_shape: Optional[str] = _INPUT_SHAPE_OPT,
 ) -> None:
     """Class activation maps (Grad-CAM, Grad-CAM++, LayerCAM, Score-CAM) on a feature map."""
     _attribution_command("cam", model, images, method, output, save_npy, unit, metrics, sanity, input_shape,
@@ -535,15 +546,15 @@ def occlusion(
     stride: Optional[int] = typer.Option(None, "--stride", help="Step between windows (default: half the window)."),
     fill: str = typer.Option("black", "--fill", help="black | white | zero | mean | a number (model units)."),
     score: str = typer.Option("logit", "--score", help="logit | probability of the unit."),
-    metrics: bool = typer.Option(False, "--metrics", help="Print deletion / insertion AUC (and a random order's)."),
-    sanity: bool = typer.Option(False, "--sanity", help="Print the model-randomization sanity check."),
+    metrics: bool = _METRICS_OPT,
+    sanity: bool = _SANITY_OPT,
     seed: int = typer.Option(0, "--seed", help="Seed of the metrics' tie-breaking."),
-    cmap: str = typer.Option("jet", "--cmap", help="Matplotlib colormap of the overlays."),
-    alpha: float = typer.Option(0.5, "--alpha", help="Overlay opacity."),
-    providers: str = typer.Option("auto", "--providers", help="auto | cpu | cuda."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Inputs per onnxruntime run (default: auto)."),
-    input_range: Optional[str] = typer.Option(None, "--input-range", help="Input value range, e.g. 0,1 (default: metadata)."),
-    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="Input shape for dynamic dims, e.g. 1,3,224,224."),
+    cmap: str = _CMAP_OPT,
+    alpha: float = _ALPHA_OPT,
+    providers: str = _PROVIDERS_OPT,
+    batch_size: Optional[int] = _BATCH_OPT,
+    input_range: Optional[str] = _INPUT_RANGE_OPT,
+    input_shape: Optional[str] = _INPUT_SHAPE_OPT,
 ) -> None:
     """Occlusion sensitivity: the drop of the class score when a sliding window is covered."""
     fill_value: Any = fill
@@ -630,7 +641,7 @@ def report(
     images: Optional[list[str]] = typer.Option(None, "--images", help="Images to explain (PNG/JPEG/NPY); repeatable."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimization steps (default: by input kind)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
-    providers: str = typer.Option("auto", "--providers", help="auto | cpu | cuda."),
+    providers: str = _PROVIDERS_OPT,
     as_json: bool = typer.Option(False, "--json", help="Print the report record as JSON."),
 ) -> None:
     """One self-contained HTML page: summary, layers, channel and class visualizations, attribution."""
