@@ -449,7 +449,11 @@ def _attribution_command(family: str, model: str, images: list[str], methods: st
                       f"{values['insertion'].mean():.4f}")
     for name, check in result.sanity.items():
         rows = ", ".join(f"{layer} {corr:.3f}" for layer, corr in check.rows())
-        _say(f"sanity {name}: Spearman vs original after randomizing from the top: {rows}")
+        kind = f" ({check.info['modifier']} maps)" if check.signed is not None else ""
+        _say(f"sanity {name}{kind}: Spearman vs original after randomizing from the top: {rows}")
+        if check.signed is not None:
+            rows = ", ".join(f"{layer} {corr:.3f}" for layer, corr in check.rows(signed=True))
+            _say(f"sanity {name} (signed maps): {rows}")
     written = result.save(output, save_npy, cmap=cmap, alpha=alpha)
     for path in written:
         extra = ""

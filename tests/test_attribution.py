@@ -443,6 +443,21 @@ def test_randomization_check_on_small_net():
     assert r.rows()[0] == ("(same weights)", 1.0)
 
 
+def test_randomization_check_reports_signed_maps_too():
+    """With a modifier (|grad|, the default), the check also correlates the signed maps (channel
+    sums of the raw gradients) from the same runs: equal to a check run with ``modifier=None``."""
+    m, _ = gap_net(seed=7)
+    x = _rand((5, 3, 10, 10), seed=26) - 0.5
+    absolute = randomization_check(m, x, "vanilla")
+    signed = randomization_check(m, x, "vanilla", modifier=None)
+    assert absolute.info["modifier"] == "abs" and signed.signed is None
+    np.testing.assert_allclose(absolute.signed, signed.correlations, atol=1e-12)
+    np.testing.assert_allclose(absolute.signed_rerun, 1.0)
+    assert not np.allclose(absolute.correlations, absolute.signed)
+    assert absolute.rows(signed=True)[1:] == signed.rows()[1:]
+    assert signed.rows(signed=True) == []
+
+
 def test_unknown_method_and_bad_shapes():
     m, _, _ = linear_net()
     att = Attributor(m)

@@ -120,3 +120,11 @@ def test_sanity_flag_prints_the_randomization_check(digits, mnist_model_path, tm
     assert "(same weights) 1.000" in line
     top = float(line.split("preds/MatMul ")[1].split(",")[0])
     assert top < 0.5
+    # the default |grad| maps: both lines, the signed one equal to the run above
+    r2 = invoke("saliency", mnist_model_path, d / "a.png", d / "c.npy", "--sanity", "-o", tmp_path / "t.png")
+    assert r2.exit_code == 0, r2.output
+    lines = r2.stdout.splitlines()
+    assert any(ln.startswith("sanity vanilla (abs maps):") for ln in lines)
+    signed = next(ln for ln in lines if ln.startswith("sanity vanilla (signed maps):"))
+    assert "(same weights) 1.000" in signed
+    assert float(signed.split("preds/MatMul ")[1].split(",")[0]) == top

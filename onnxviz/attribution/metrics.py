@@ -261,21 +261,36 @@ def randomize_layers(model: onnx.ModelProto, layers: Sequence[str | WeightLayer]
 class RandomizationResult:
     """Spearman correlations of maps after cascading randomization: ``layers[i]`` is the top-most
     layer randomized at step ``i`` (all layers above it too); ``correlations`` ``(steps, N)``;
-    ``rerun`` the correlations of a re-run with the original weights."""
+    ``rerun`` the correlations of a re-run with the original weights.
+
+    Adebayo et al. report rank correlations both with and without absolute values. Where the
+    method's maps went through a modifier (``abs``, the display default of gradient methods),
+    ``signed`` / ``signed_rerun`` hold the same check on the signed maps (the channel sum of the
+    raw attributions), computed from the same runs; else ``None``. Absolute-value maps keep the
+    input's structure (edges, strokes) whatever the top layers say, so they decorrelate less."""
 
     method: str
     layers: list[str]
     correlations: np.ndarray
     rerun: np.ndarray
     info: dict[str, Any] = field(default_factory=dict)
+    signed: np.ndarray | None = None
+    signed_rerun: np.ndarray | None = None
 
     @property
     def mean(self) -> np.ndarray:
         return self.correlations.mean(axis=1)
 
-    def rows(self) -> list[tuple[str, float]]:
-        return [("(same weights)", float(self.rerun.mean()))] + [
-            (name, float(c)) for name, c in zip(self.layers, self.mean)]
+    @property
+    def signed_mean(self) -> np.ndarray | None:
+        return None if self.signed is None else self.signed.mean(axis=1)
+
+    def rows(self, signed: bool = False) -> list[tuple[str, float]]:
+        corr, rerun = (self.signed, self.signed_rerun) if signed else (self.correlations, self.rerun)
+        if corr is None or rerun is None:
+            return []
+        return [("(same weights)", float(rerun.mean()))] + [
+            (name, float(c)) for name, c in zip(self.layers, corr.mean(axis=1))]
 
 
 def randomization_check(model: Any, x: np.ndarray, method: str | Callable[..., Attribution] = "vanilla",
@@ -296,13 +311,21 @@ def randomization_check(model: Any, x: np.ndarray, method: str | Callable[..., A
         run = lambda a, u: attribute(a, x, method, unit=u, **options)  # noqa: E731
     original = run(att, unit)
     units = original.units
+    with_signed = original.attributions is not None and original.info.get("modifier") is not None
+
+    def signed(r: Attribution) -> np.ndarray:
+        """The signed map: the channel sum of the raw attributions (what a ``None`` modifier gives)."""
+        return att.spec.to_hwc(r.attributions).sum(axis=-1)
+
+    def compare(r: Attribution) -> tuple[np.ndarray, np.ndarray | None]:
+        return spearman(original.maps, r.maps), spearman(signed(original), signed(r)) if with_signed else None
 
     def fresh(m: onnx.ModelProto) -> Attributor:
         return Attributor(m, input_name=att.spec.name, input_shape=(att.spec.batch or 1,) + att.spec.shape,
                           value_range=att.spec.value_range, output=att.output, gradient=att.gradient,
                           providers=att.providers, batch_size=att._batch_size)
 
-    rerun = spearman(original.maps, run(fresh(att.source), units).maps)
+    rerun, signed_rerun = compare(run(fresh(att.source), units))
     all_layers = weight_layers(att.source)[::-1]  # top down
     if layers is None:
         chosen = all_layers
@@ -314,9 +337,13 @@ def randomization_check(model: Any, x: np.ndarray, method: str | Callable[..., A
         if missing:
             raise OnnxvizError(f"no weight layer {missing[0]!r} (top down: {', '.join(by_name)})")
         chosen = [by_name[nm] for nm in layers]
-    corrs = []
+    corrs, signed_corrs = [], []
     for i in range(len(chosen)):
         randomized = randomize_layers(att.source, chosen[: i + 1], seed=seed)
-        corrs.append(spearman(original.maps, run(fresh(randomized), units).maps))
-    return RandomizationResult(name, [wl.node for wl in chosen], np.asarray(corrs).reshape(len(chosen), len(x)),
-                               rerun, {"seed": seed})
+        c, sc = compare(run(fresh(randomized), units))
+        corrs.append(c)
+        signed_corrs.append(sc)
+    shape = (len(chosen), len(x))
+    return RandomizationResult(name, [wl.node for wl in chosen], np.asarray(corrs).reshape(shape), rerun,
+                               {"seed": seed, "modifier": original.info.get("modifier")},
+                               np.asarray(signed_corrs).reshape(shape) if with_signed else None, signed_rerun)
