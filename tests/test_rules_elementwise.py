@@ -110,3 +110,66 @@ def test_where_broadcast():
 
 def test_cast_roundtrip_float_types():
     check_op("Cast", {"x": away_from_zero((3, 4))}, {"to": 11})  # float -> double
+
+
+def _relu_model(shape, conv_channels: int = 0):
+    """x -> Relu -> y, or x -> Conv(c->c, 3x3, pad 1) -> Relu -> Conv -> y (blocked NCHWc path in
+    onnxruntime when c >= 8)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, inits, src = [], [], "x"
+    if conv_channels:
+        rng = np.random.default_rng(3)
+        for i in range(2):
+            w = rng.standard_normal((conv_channels, conv_channels, 3, 3)).astype(np.float32) * 0.3
+            inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes.append(helper.make_node("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1]))
+        src = "c0"
+    nodes.append(helper.make_node("Relu", [src], ["r"]))
+    nodes.append(helper.make_node("Conv", ["r", "w1"], ["y"], pads=[1, 1, 1, 1]) if conv_channels else
+                 helper.make_node("Identity", ["r"], ["y"]))
+    graph = helper.make_graph(nodes, "relu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("modifier", [None, "guided"])
+def test_relu_mask_is_exact_at_zero_denormals_and_extremes(modifier):
+    """The float32 ReLU mask (two HardSigmoid(2^127) nodes, run on onnxruntime's blocked layout) is
+    exactly [z > 0]: 0 at z = 0, 1 for the smallest denormal and for the largest float."""
+    from onnxviz.gradients import GradientFunction
+
+    tiny = np.finfo(np.float32).smallest_subnormal
+    special = np.array([0.0, -0.0, tiny, 2 * tiny, 1e-40, 1.2e-38, 1e-30, 1.0, 3.0e38, -tiny, -1.0, -3.0e38],
+                       np.float32)
+    x = np.resize(special, (2, 3, 4, 4)).astype(np.float32)
+    fn = GradientFunction(_relu_model([2, 3, 4, 4]), "y", method="graph", modifier=modifier)
+    assert "HardSigmoid" in {n.op_type for n in fn.model.graph.node}
+    cot = np.resize(np.array([1.5, -2.0, 0.25], np.float32), x.shape).astype(np.float32)
+    _, g = fn(x, cot)
+    expected = cot * (x > 0)
+    if modifier == "guided":
+        expected = np.maximum(expected, 0)
+    np.testing.assert_array_equal(g, expected)
+
+
+@pytest.mark.parametrize("modifier", [None, "guided"])
+def test_relu_mask_between_convolutions_matches_where(modifier, monkeypatch):
+    """Between two 16-channel convolutions (onnxruntime keeps both in NCHWc) the HardSigmoid mask
+    gives bit-identical gradients to the Greater + Where mask."""
+    import onnxviz.autodiff.rules.elementwise as rules
+    from onnxviz.gradients import GradientFunction
+
+    model = _relu_model([2, 16, 9, 9], conv_channels=16)
+    x = np.random.default_rng(4).standard_normal((2, 16, 9, 9)).astype(np.float32)
+    cot = np.random.default_rng(5).standard_normal((2, 16, 9, 9)).astype(np.float32)
+    _, fast = GradientFunction(model, "y", method="graph", modifier=modifier)(x, cot)
+    monkeypatch.setattr(rules, "positive_mask", lambda g, z: None)
+    plain = GradientFunction(model, "y", method="graph", modifier=modifier)
+    assert "HardSigmoid" not in {n.op_type for n in plain.model.graph.node}
+    _, reference = plain(x, cot)
+    assert np.count_nonzero(reference) > 0.2 * reference.size
+    np.testing.assert_array_equal(fast, reference)
