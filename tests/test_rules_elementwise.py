@@ -173,3 +173,36 @@ def test_relu_mask_between_convolutions_matches_where(modifier, monkeypatch):
     _, reference = plain(x, cot)
     assert np.count_nonzero(reference) > 0.2 * reference.size
     np.testing.assert_array_equal(fast, reference)
+
+
+@pytest.mark.parametrize("modifier", [None, "guided"])
+@pytest.mark.parametrize("hi", [6.0, 1.0, 0.75, 3e20])
+def test_relu6_mask_is_exact_at_both_bounds(hi, modifier):
+    """Clip(0, hi) (ReLU6 for hi = 6) takes the HardSigmoid masks: the gradient passes exactly where
+    0 < x < hi — not at 0 or hi, yes at the smallest denormal and one float below hi."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxviz.gradients import GradientFunction
+
+    hi32 = np.float32(hi)
+    below = np.nextafter(hi32, np.float32(0))
+    tiny = np.finfo(np.float32).smallest_subnormal
+    special = np.array([0.0, tiny, 1e-39, 1e-20, below, hi32, np.nextafter(hi32, np.float32(np.inf)), 2 * hi32,
+                        -tiny, -1.0, hi32 / 2, np.float32(3e38)], np.float32)
+    x = np.resize(special, (2, 2, 3, 4)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Clip", ["x", "lo", "hi"], ["y"])], "clip",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(x.shape))],
+        [numpy_helper.from_array(np.array(0.0, np.float32), "lo"), numpy_helper.from_array(np.array(hi32), "hi")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    fn = GradientFunction(model, "y", method="graph", modifier=modifier)
+    assert "HardSigmoid" in {n.op_type for n in fn.model.graph.node}
+    cot = np.resize(np.array([1.5, -2.0, 0.25], np.float32), x.shape).astype(np.float32)
+    _, g = fn(x, cot)
+    expected = cot * ((x > 0) & (x < hi32))
+    if modifier == "guided":
+        expected = np.maximum(expected, 0)
+    np.testing.assert_array_equal(g, expected)

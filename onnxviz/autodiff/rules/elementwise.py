@@ -250,6 +250,27 @@ def prelu(g, node, gy):
             g.unbroadcast(g.Where(positive, zero, g.Mul(gy[0], x)), slope, shape) if node.needs[1] else None]
 
 
+def _relu6_mask(g, z: str, lo: str | None, hi: str | None) -> str | None:
+    """``[0 < z < hi]`` as 0/1 floats for a float32 Clip with constant bounds lo = 0 and hi > 0
+    (ReLU6: MobileNets), else None. ``[z > 0]`` is :func:`positive_mask`; ``[z < hi]`` is
+    HardSigmoid(z, alpha=-s, beta=s*hi) with s a power of two putting s*hi at 2^125-2^126:
+    -s*z and s*hi are exact, so their sum is 0 exactly at z = hi and otherwise at least
+    s * ulp(hi) / 2 >= 2^100 in size, which the HardSigmoid clamps to exactly 0 or 1."""
+    lo_v = g.info.constant(lo) if lo is not None else None
+    hi_v = g.info.constant(hi) if hi is not None else None
+    if lo_v is None or hi_v is None or lo_v.size != 1 or hi_v.size != 1:
+        return None
+    lo_f, hi_f = float(lo_v.reshape(())), float(hi_v.reshape(()))
+    if lo_f != 0.0 or not 0.0 < hi_f < 1e30:
+        return None
+    above = positive_mask(g, z)
+    if above is None:
+        return None
+    scale = 2.0 ** (126 - math.ceil(math.log2(hi_f)))
+    below = g.HardSigmoid(z, alpha=-scale, beta=scale * hi_f)
+    return g.Mul(above, below)
+
+
 @rule("Clip")
 def clip(g, node, gy):
     x = node.input[0]
@@ -262,6 +283,10 @@ def clip(g, node, gy):
     # Gradient flows where lo < x < hi (ties at the bounds get zero, as for ReLU at 0). The output
     # z = clip(x) tells the same (lo < z < hi exactly when lo < x < hi) and keeps Conv+Clip fused.
     z = node.output[0]
+    mask = _relu6_mask(g, z, lo, hi)
+    if mask is not None:  # ReLU6 and friends: 0/1 masks onnxruntime runs in its NCHWc layout
+        through = g.Mul(gy[0], mask)
+        return [g.Relu(through) if g.modifier == "guided" else through] + [None] * (len(node.input) - 1)
     if lo is not None:
         inside = g.Greater(z, lo)
     if hi is not None:
