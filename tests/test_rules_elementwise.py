@@ -115,7 +115,6 @@ def test_cast_roundtrip_float_types():
 def _relu_model(shape, conv_channels: int = 0):
     """x -> Relu -> y, or x -> Conv(c->c, 3x3, pad 1) -> Relu -> Conv -> y (blocked NCHWc path in
     onnxruntime when c >= 8)."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     nodes, inits, src = [], [], "x"
@@ -180,7 +179,6 @@ def test_relu_mask_between_convolutions_matches_where(modifier, monkeypatch):
 def test_relu6_mask_is_exact_at_both_bounds(hi, modifier):
     """Clip(0, hi) (ReLU6 for hi = 6) takes the HardSigmoid masks: the gradient passes exactly where
     0 < x < hi — not at 0 or hi, yes at the smallest denormal and one float below hi."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     from onnxviz.gradients import GradientFunction
