@@ -175,7 +175,7 @@ def test_relu_mask_between_convolutions_matches_where(modifier, monkeypatch):
 
 
 @pytest.mark.parametrize("modifier", [None, "guided"])
-@pytest.mark.parametrize("hi", [6.0, 1.0, 0.75, 3e20])
+@pytest.mark.parametrize("hi", [6.0, 1.0, 0.75, 3e20, 0.01, 2.0 ** -90])
 def test_relu6_mask_is_exact_at_both_bounds(hi, modifier):
     """Clip(0, hi) (ReLU6 for hi = 6) takes the HardSigmoid masks: the gradient passes exactly where
     0 < x < hi — not at 0 or hi, yes at the smallest denormal and one float below hi."""

@@ -213,14 +213,17 @@ def relu(g, node, gy):
     # The mask comes from the output (z > 0 exactly when x > 0): reading only z keeps
     # onnxruntime's Conv+Relu / Gemm+Relu fusions intact in the forward half.
     z = node.output[0]
-    zero = g.const(0.0, like=z)
     if g.modifier == "deconvnet":
         return [g.Relu(gy[0])]
     if gy[0] in g.relu_masked:
         through = gy[0]
     else:
         mask = positive_mask(g, z)
-        through = g.Where(g.Greater(z, zero), gy[0], zero) if mask is None else g.Mul(gy[0], mask)
+        if mask is None:
+            zero = g.const(0.0, like=z)
+            through = g.Where(g.Greater(z, zero), gy[0], zero)
+        else:
+            through = g.Mul(gy[0], mask)
     if g.modifier == "guided":
         return [g.Relu(through)]  # = gy [gy > 0] [z > 0], as the mask is 0 or 1
     return [through]
@@ -253,20 +256,20 @@ def prelu(g, node, gy):
 def _relu6_mask(g, z: str, lo: str | None, hi: str | None) -> str | None:
     """``[0 < z < hi]`` as 0/1 floats for a float32 Clip with constant bounds lo = 0 and hi > 0
     (ReLU6: MobileNets), else None. ``[z > 0]`` is :func:`positive_mask`; ``[z < hi]`` is
-    HardSigmoid(z, alpha=-s, beta=s*hi) with s a power of two putting s*hi at 2^125-2^126:
-    -s*z and s*hi are exact, so their sum is 0 exactly at z = hi and otherwise at least
-    s * ulp(hi) / 2 >= 2^100 in size, which the HardSigmoid clamps to exactly 0 or 1."""
+    HardSigmoid(z, alpha=-s, beta=s*hi) with s = 2^k (k <= 127) putting s*hi at 2^125-2^126
+    (at least 2^30 for small hi): -s*z and s*hi are exact, so their sum is 0 exactly at z = hi
+    and otherwise at least s * ulp(hi) / 2 >= 2^6, which the HardSigmoid clamps to exactly 1."""
     lo_v = g.info.constant(lo) if lo is not None else None
     hi_v = g.info.constant(hi) if hi is not None else None
     if lo_v is None or hi_v is None or lo_v.size != 1 or hi_v.size != 1:
         return None
     lo_f, hi_f = float(lo_v.reshape(())), float(hi_v.reshape(()))
-    if lo_f != 0.0 or not 0.0 < hi_f < 1e30:
+    if lo_f != 0.0 or not 2.0 ** -97 <= hi_f < 2.0 ** 120:
         return None
     above = positive_mask(g, z)
     if above is None:
         return None
-    scale = 2.0 ** (126 - math.ceil(math.log2(hi_f)))
+    scale = 2.0 ** min(127, 126 - math.ceil(math.log2(hi_f)))
     below = g.HardSigmoid(z, alpha=-scale, beta=scale * hi_f)
     return g.Mul(above, below)
 
