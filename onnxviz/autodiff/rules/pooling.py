@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 
 from . import rule
+from .elementwise import positive_mask
 from .linear import conv_geometry
 
 
@@ -105,9 +106,8 @@ def _max_pool_tiles(g, node, gz: str, x: str, kernel, out) -> str:
     (kh, kw), (oh, ow) = kernel, out
     producer = g.info.producers.get(x)
     fuse_relu = producer is not None and producer.op_type == "Relu" and g.modifier != "deconvnet"
-    if fuse_relu:
-        zero = g.const(0.0, like=x)
-        gz = g.Where(g.Greater(node.output[0], zero), gz, zero)
+    if fuse_relu:  # the ReLU rule's own 0/1 mask (float32: the tiling path's only dtype)
+        gz = g.Mul(gz, positive_mask(g, node.output[0]))
     scales = g.const([1.0, 1.0, float(kh), float(kw)], dtype=np.float32)
 
     def up(t: str) -> str:
