@@ -8,7 +8,9 @@ Conv2D(32, 3x3, relu) -> Conv2D(64, 3x3, relu) -> MaxPooling2D(2x2) -> Dropout(0
     python models/train_mnist.py                                 # online: keras.datasets.mnist
 
 With ``--data`` the model trains on the first 9,000 images of the t10k split and is evaluated on the
-last 1,000 (never seen in training). Without it, it trains on the 60,000 training images and is
+last 1,000 (never seen in training). The same training images then fit the model's image prior,
+``models/mnist_cnn.prior.npz`` (a Gaussian prior, see ``onnxviz.priors``): a fitted prior is a model
+artifact like the weights. ``--prior-only`` refits just the prior for the existing model file. Without it, it trains on the 60,000 training images and is
 evaluated on the same last 1,000 test images, so the two numbers are comparable.
 """
 
@@ -39,7 +41,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO / "models" / "mnist_cnn.onnx")
+    parser.add_argument("--prior-only", action="store_true",
+                        help="only fit the image prior for the existing --out model from the training images")
     return parser.parse_args(argv)
+
+
+def write_prior(model_path: Path, x_train) -> Path:
+    """Fit the Gaussian image prior on the training images and store it beside the model."""
+    import numpy as np
+
+    import onnxviz
+    from onnxviz.priors import fit_prior, prior_path_for, save_prior
+
+    model = onnxviz.load_model(model_path)
+    prior = fit_prior(np.asarray(x_train, np.float64).transpose(0, 3, 1, 2), kind="gaussian", model=model)
+    path = save_prior(prior, prior_path_for(model_path))
+    info = prior.describe()
+    print(f"prior: {info['components']} components ({info['explained_variance']:.1%} of the variance) "
+          f"from {info['samples']} training images; wrote {path}")
+    return path
 
 
 def load_data(data_dir: Path | None):
@@ -100,6 +120,9 @@ def onnx_accuracy(path: Path, images, labels) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.prior_only:
+        write_prior(args.out, load_data(args.data)[0])
+        return 0
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
@@ -140,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"nodes: {[n.name for n in result.model.graph.node]}")
     print(f"wrote {args.out}")
     print(f"sha256 {digest}")
+    write_prior(args.out, x_train)
     return 0
 
 

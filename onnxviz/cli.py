@@ -336,6 +336,14 @@ def maximize(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per onnxruntime run (default: auto)."),
     input_range: Optional[str] = _INPUT_RANGE_OPT,
     input_shape: Optional[str] = _INPUT_SHAPE_OPT,
+    prior: str = typer.Option("auto", "--prior",
+                              help="Image prior: a .npz from 'onnxviz prior fit', auto (MODEL.prior.npz beside "
+                                   "the model, if any) or none."),
+    prior_weight: Optional[float] = typer.Option(None, "--prior-weight",
+                                                 help="Weight of the prior's penalty, relative (default 1; 0.1 with --from)."),
+    start: Optional[str] = typer.Option(None, "--from",
+                                        help="Feature accentuation: start from this image (PNG/JPEG/NPY) and change "
+                                             "it as little as possible so the units rise."),
 ) -> None:
     """Activation maximization: images that drive units of a layer (class logits by default)."""
     from .maximize import Maximizer, default_settings, parse_units
@@ -350,15 +358,28 @@ def maximize(
     for path in (output, gif, save_npy):
         if path is not None and Path(path).is_dir():
             raise OnnxvizError(f"cannot write '{path}': it is a directory")
+    if prior_weight is not None and not (prior_weight >= 0 and prior_weight < float("inf")):
+        raise OnnxvizError(f"bad --prior-weight {prior_weight}: expected a finite number >= 0")
     shapes = _parse_shapes(input_shape)
     engine = Maximizer(model, gradient=gradient, providers=providers, input_range=_parse_range(input_range),
                        input_shape=shapes[0] if shapes else None)
     key = _layer_key(layer)
     unit_list = parse_units(units, engine.layer_size(key))
+    start_image = None
+    if start is not None:
+        from .images import load_images, model_input
+
+        loaded = load_images([start], model_input(engine.model, engine.input.name, engine.input.shape,
+                                                  engine.input.value_range))
+        if len(loaded) != 1:
+            raise OnnxvizError(f"--from takes one image; {start} holds {len(loaded)}")
+        start_image = loaded.batch[0]
     total = steps or default_settings(engine.input.channels, engine.input.h, engine.input.w).steps
     run = lambda callbacks: engine.run(key, unit_list, steps=steps, lr=lr, seed=seed, param=param,  # noqa: E731
                                        batch_size=batch_size, callbacks=callbacks, class_objective=class_objective,
-                                       record_every=max(1, total // 40) if gif is not None else 0)
+                                       record_every=max(1, total // 40) if gif is not None else 0,
+                                       prior="auto" if param is not None and prior == "auto" else prior,
+                                       prior_weight=prior_weight, start=start_image)
     if as_json or not sys.stderr.isatty():
         result = run(())
     else:
@@ -374,18 +395,67 @@ def maximize(
                                 completed=info.chunk * info.steps + info.step)
 
             result = run((on_step,))
-    written = save_result(result, png=output, gif=gif, npy=save_npy)
+    written = save_result(result, png=output, gif=gif, npy=save_npy, start=start_image)
     if as_json:
         _echo_json({"model": str(model), "written": [str(p) for p in written], **result.to_dict()})
         return
     con = _console()
     tensors = ", ".join(f"{k} (tensor {v})" for k, v in result.settings["tensors"].items())
+    used = result.settings.get("prior")
     con.print(f"{len(result.labels)} images of {tensors}, {result.settings['steps']} steps, "
-              f"{result.seconds:.1f} s", markup=False, soft_wrap=True)
-    for label, value in zip(result.labels, result.values):
-        con.print(f"  {label}: objective {value:.4g}", markup=False, soft_wrap=True)
+              f"{result.seconds:.1f} s" + (f", {used['kind']} prior" if used else ", no prior"),
+              markup=False, soft_wrap=True)
+    moved = result.settings.get("accentuation")
+    for i, (label, value) in enumerate(zip(result.labels, result.values)):
+        extra = ""
+        if moved:
+            extra = f", moved pixel RMS {moved['pixel_rms'][i]:.3f}" + (
+                f", prior distance {moved['prior_distance'][i]:.3f}" if "prior_distance" in moved else "")
+        con.print(f"  {label}: objective {value:.4g}{extra}", markup=False, soft_wrap=True)
     for path in written:
         con.print(f"wrote {path}", markup=False, soft_wrap=True)
+
+
+# ----------------------------------------------------------------------------------- priors
+prior_app = typer.Typer(cls=OnnxvizGroup, no_args_is_help=True, add_completion=False,
+                        help="Image priors fitted from sample images (make visualizations readable).")
+app.add_typer(prior_app, name="prior")
+
+
+@prior_app.command("fit")
+def prior_fit(
+    images: list[str] = typer.Argument(..., help="Sample images: folders, PNG/JPEG files or .npy arrays."),
+    model: str = typer.Option(..., "--model", "-m", help="The ONNX model the prior is for."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output",
+                                          help="Where to write the prior (default: MODEL.prior.npz beside the model, "
+                                               "where maximize finds it)."),
+    kind: str = typer.Option("auto", "--kind", help="auto | gaussian (small inputs) | fourier (large RGB)."),
+    components: Optional[int] = typer.Option(None, "--components", "-k",
+                                             help="Gaussian prior: principal directions kept (default: by --variance)."),
+    variance: float = typer.Option(0.9, "--variance", help="Gaussian prior: explained variance to keep."),
+    input_range: Optional[str] = _INPUT_RANGE_OPT,
+) -> None:
+    """Fit an image prior from sample images, for `onnxviz maximize --prior`."""
+    from .graph import load_model
+    from .images import model_input
+    from .priors import fit_prior, prior_path_for, sample_images, save_prior
+
+    if components is not None and components < 1:
+        raise OnnxvizError("--components must be at least 1")
+    if not 0 < variance <= 1:
+        raise OnnxvizError(f"bad --variance {variance}: expected a fraction in (0, 1]")
+    proto = load_model(model)
+    spec = model_input(proto, value_range=_parse_range(input_range), allow_flat=True)
+    samples = sample_images(images, spec)
+    prior = fit_prior(samples, kind=kind, components=components, variance=variance, model=proto)
+    target = output if output is not None else prior_path_for(model)
+    save_prior(prior, target)
+    con = _console()
+    info = prior.describe()
+    what = (f"{info['components']} components, {info['explained_variance']:.1%} of the variance"
+            if prior.kind == "gaussian" else "mean amplitude spectrum")
+    con.print(f"{prior.kind} prior from {len(samples)} images ({what})", markup=False, soft_wrap=True)
+    con.print(f"wrote {target}", markup=False, soft_wrap=True)
 
 
 # ----------------------------------------------------------------------------------- attribution
@@ -572,9 +642,10 @@ def occlusion(
 
 
 def demo(out: Path | None = None, console: Any = None) -> dict[str, Any]:
-    """On the shipped MNIST model: the 10 class visualizations as one grid, the first conv layer's
-    filters as a grid, and a GIF of the class optimization, written into ``out`` (default
-    ``./onnxviz-demo``). Returns what it did, as data."""
+    """On the shipped MNIST model: the 10 class visualizations with the model's digits prior
+    (``classes.png``, ``classes.gif``), the same without a prior (``classes_no_prior.png``), both
+    side by side (``compare.png``), and the first conv layer's filters (``filters.png``), written
+    into ``out`` (default ``./onnxviz-demo``). Returns what it did, as data."""
     import numpy as np
 
     from .graph import input_info, load_model
@@ -582,6 +653,7 @@ def demo(out: Path | None = None, console: Any = None) -> dict[str, Any]:
     from .rewrite import final_activation, to_logits
     from .render import save_result
     from .runtime import make_session
+    from .priors import prior_path_for
     from .shipped import shipped_model_path
 
     con = console or _console()
@@ -593,16 +665,33 @@ def demo(out: Path | None = None, console: Any = None) -> dict[str, Any]:
     if act is not None:
         con.print(f"to_logits: stripped {act.op_type} node {act.node!r}; class images maximize the logits "
                   f"{act.pre_activation!r}", markup=False, soft_wrap=True)
-    engine = Maximizer(model)
-    classes = engine.run(None, "all", seed=0, record_every=6)
+    from .render import grid_image, save_png
+
+    engine = Maximizer(path)
+    session = make_session(model)
     inp = input_info(model)[0]
-    probs = make_session(model).run(None, {inp.name: classes.images})[0]
-    own = probs[np.arange(len(probs)), np.arange(len(probs))] if probs.shape[1] == len(probs) else probs.max(axis=1)
+
+    def verdict(images: np.ndarray) -> np.ndarray:
+        probs = session.run(None, {inp.name: images})[0]
+        return probs[np.arange(len(probs)), np.arange(len(probs))] if probs.shape[1] == len(probs) \
+            else probs.max(axis=1)
+
+    classes = engine.run(None, "all", seed=0, record_every=6)  # with the prior beside the model, if any
+    plain = engine.run(None, "all", seed=0, prior=None)
+    own, own_plain = verdict(classes.images), verdict(plain.images)
     written = save_result(classes, png=folder / "classes.png", gif=folder / "classes.gif")
-    con.print(f"classes: {len(classes.labels)} images in {classes.seconds:.1f} s; the model's own verdict "
-              f"(probability of the target class): min {own.min():.3f}", markup=False, soft_wrap=True)
-    result: dict[str, Any] = {"model": str(path), "stripped": act, "classes": classes,
-                              "class_probabilities": own}
+    written += save_result(plain, png=folder / "classes_no_prior.png")
+    with_prior = classes.settings.get("prior") is not None
+    rows = [("with the digits prior" if with_prior else "no prior found", classes), ("without a prior", plain)]
+    pictures = [grid_image(r.images, r.labels, layout=r.layout, value_range=r.value_range, cols=10, title=t)
+                for t, r in rows]
+    written.append(save_png(folder / "compare.png", _stack_pictures(pictures)))
+    con.print(f"classes: {len(classes.labels)} images in {classes.seconds:.1f} s "
+              f"({'with the prior ' + str(prior_path_for(path)) if with_prior else 'no prior'}); the model's own "
+              f"verdict (probability of the target class): min {own.min():.3f}", markup=False, soft_wrap=True)
+    con.print(f"without a prior: min {own_plain.min():.3f}", markup=False, soft_wrap=True)
+    result: dict[str, Any] = {"model": str(path), "stripped": act, "classes": classes, "no_prior": plain,
+                              "class_probabilities": own, "class_probabilities_no_prior": own_plain}
     conv = first_conv_layer(model)
     if conv is not None:
         filters = engine.run(conv, "all", seed=0)
@@ -619,6 +708,19 @@ def demo(out: Path | None = None, console: Any = None) -> dict[str, Any]:
     if act is not None:
         result["logits"] = make_session(to_logits(model)).run(None, {inp.name: blank})[0][0]
     return result
+
+
+def _stack_pictures(pictures: list) -> Any:
+    """Pillow images one above the other on the grid background."""
+    from PIL import Image
+
+    width = max(p.width for p in pictures)
+    canvas = Image.new("RGB", (width, sum(p.height for p in pictures)), pictures[0].getpixel((0, 0)))
+    y = 0
+    for p in pictures:
+        canvas.paste(p, (0, y))
+        y += p.height
+    return canvas
 
 
 @command("demo")

@@ -18,8 +18,10 @@ maximization defaults") come from the anchors keras-vis, tf-keras-vis and lucid.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -28,6 +30,7 @@ import onnx
 from .errors import OnnxvizError
 from .objectives import BoundLayer, LayerRef, LinearObjective, Objective, bind_layer, diversity, unit
 from .params import ImageParam, image_param
+from .priors import GaussianPrior, PixelOffsetParam, Prior, resolve_prior
 from .regularizers import LpNorm, Regularizer, TotalVariation
 from .transforms import Jitter, Pad, Pipeline, Rotate, Scale, Transform
 
@@ -39,6 +42,11 @@ __all__ = [
 #: What a unit of a softmax layer means: ``logit`` maximizes the bare logit z_k (keras-vis' "swap
 #: softmax for linear"), ``log_softmax`` log p_k computed from the logits. Defaults by input kind.
 CLASS_OBJECTIVES = ("log_softmax", "logit")
+#: Feature accentuation of a class stops pushing once its probability reaches this (in the
+#: transformed views); its distance weight is lower than visualization's and its transforms lighter
+#: (pad and jitter only): the start image is real, so it needs less help to stay natural.
+ACCENTUATE_TO = 0.98
+ACCENTUATE_WEIGHT = 0.1
 #: Memory a batch of activations may take when ``batch_size`` is automatic.
 AUTO_BATCH_BYTES = 1 << 30
 
@@ -62,6 +70,11 @@ class Settings:
     #: what a unit of a softmax layer means: see CLASS_OBJECTIVES
     class_objective: str = "logit"
     preset: str = "custom"
+    #: weight of the parameterization's own penalty (a prior's ``mean(z**2)``), relative like the regularizers
+    prior_weight: float = 1.0
+    #: an objective value past which an image's objective gradient stops (feature accentuation: the
+    #: image changes only until the unit is there, then the distance penalty alone acts)
+    objective_ceiling: float | None = None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -70,6 +83,7 @@ class Settings:
             "transforms": [t.describe() for t in self.transforms], "mode": self.mode, "fill": self.fill,
             "regularizers": [r.describe() for r in self.regularizers],
             "relative_regularizers": self.relative_regularizers, "class_objective": self.class_objective,
+            "prior_weight": self.prior_weight, "objective_ceiling": self.objective_ceiling,
         }
 
 
@@ -199,6 +213,23 @@ class _Input:
             y = y.transpose(0, 2, 3, 1)
         return np.ascontiguousarray(y.reshape((len(x),) + self.shape), dtype=np.float32)
 
+    def to_unit(self, x: np.ndarray) -> np.ndarray:
+        """Images in the model layout and range (one, or a batch) -> (B, C, H, W) in the unit range."""
+        lo, hi = self.value_range
+        a = np.asarray(x, np.float64)
+        if a.shape == self.shape:
+            a = a[None]
+        if a.shape[1:] != self.shape:
+            raise OnnxvizError(f"an image for this model has shape {self.shape} (model layout), not {a.shape[1:]}")
+        if not np.isfinite(a).all():
+            raise OnnxvizError("the start image holds NaN or infinite values")
+        b = len(a)
+        if self.layout == "NHWC":
+            a = a.reshape(b, self.h, self.w, self.channels).transpose(0, 3, 1, 2)
+        else:
+            a = a.reshape(b, self.channels, self.h, self.w)
+        return (a - lo) / (hi - lo)
+
     def from_model_grad(self, g: np.ndarray) -> np.ndarray:
         """Gradient w.r.t. the model input -> gradient w.r.t. the (B, C, H, W) unit-range image."""
         lo, hi = self.value_range
@@ -281,6 +312,8 @@ class Maximizer:
         if gradient not in ("auto", "graph", "fd"):
             raise OnnxvizError(f"unknown gradient method {gradient!r} (choose: auto, graph, fd)")
         self.model = load_model(model)
+        #: the model's file, where ``prior="auto"`` looks for ``MODEL.prior.npz``
+        self.source_path = Path(model) if isinstance(model, (str, os.PathLike)) else None
         self.gradient, self.providers, self.modifier = gradient, providers, modifier
         self.input = _image_input(self.model, input_name, input_range, input_shape)
         self._functions: dict[LayerRef, Any] = {}
@@ -345,13 +378,24 @@ class Maximizer:
             fill: float | None = None, settings: Settings | None = None, batch_size: int | None = None,
             callbacks: Sequence[Callable[[StepInfo], Any]] = (), record_every: int = 0,
             images_per_unit: int = 1, diversity_weight: float = 0.0, logits: bool = True,
-            class_objective: str | None = None) -> MaximizeResult:
+            class_objective: str | None = None, prior: Any = "auto", prior_weight: float | None = None,
+            start: np.ndarray | None = None) -> MaximizeResult:
         """See :func:`maximize`."""
         started = time.perf_counter()
         inp = self.input
+        explicit_param = param is not None and not isinstance(param, str)
+        if explicit_param and not (isinstance(prior, str) and prior.lower() in ("auto", "none")) and prior is not None:
+            raise OnnxvizError("give either a parameterization (param=) or a prior, not both")
+        used_prior: Prior | None = None if explicit_param or (isinstance(param, str) and prior == "auto") else \
+            resolve_prior(prior, self.model, self.source_path, inp)
+        origin = None if start is None else self.input.to_unit(start)
+        if origin is not None and len(origin) != 1:
+            raise OnnxvizError("feature accentuation starts from one image")
         base = settings or default_settings(inp.channels, inp.h, inp.w)
-        overrides = {k: v for k, v in dict(steps=steps, lr=lr, mode=mode, fill=fill,
-                                           class_objective=class_objective).items() if v is not None}
+        if settings is None and (used_prior is not None or origin is not None):
+            base = prior_settings(base, used_prior, accentuate=origin is not None)
+        overrides = {k: v for k, v in dict(steps=steps, lr=lr, mode=mode, fill=fill, class_objective=class_objective,
+                                           prior_weight=prior_weight).items() if v is not None}
         if transforms is not None:
             overrides["transforms"] = tuple(transforms)
         if regularizers is not None:
@@ -418,10 +462,16 @@ class Maximizer:
         starts = np.cumsum([0] + sizes)
         labels = _labels(objectives, unit_list, bound, ref, sizes)
 
-        # parameterization
-        prm = param if isinstance(param, ImageParam) else image_param(
-            cfg.param, inp.channels, inp.h, inp.w, decay=cfg.decay,
-            **({"init_std": cfg.init_std} if cfg.init_std is not None else {}))
+        # parameterization: given, the prior's, an offset from the start image, or by name
+        if explicit_param:
+            prm = param
+        elif used_prior is not None:
+            prm = used_prior.param(origin=origin)
+        elif origin is not None:
+            prm = PixelOffsetParam(origin[0])
+        else:
+            prm = image_param(cfg.param, inp.channels, inp.h, inp.w, decay=cfg.decay,
+                              **({"init_std": cfg.init_std} if cfg.init_std is not None else {}))
         if (prm.channels, prm.h, prm.w) != (inp.channels, inp.h, inp.w):
             raise OnnxvizError(f"the parameterization makes {prm.channels}x{prm.h}x{prm.w} images; the model "
                                f"takes {inp.channels}x{inp.h}x{inp.w}")
@@ -487,7 +537,10 @@ class Maximizer:
             "read_as": "log_softmax" if ref.log_softmax else ("logit" if bound[ref].stripped and ref.logits
                                                                else "activation") if objective is None else None,
             "rescued_steps": rescued.tolist(),
+            "prior": None if used_prior is None else used_prior.describe(),
         }
+        if origin is not None:
+            record["accentuation"] = _accentuation_record(origin, final, used_prior)
         try:
             from . import __version__
 
@@ -519,7 +572,8 @@ class Maximizer:
     def _optimize(self, members, bound, params, prm, pipeline, cfg, rngs, b, callbacks, ci, nchunks,
                   where, started, record_every):
         inp = self.input
-        job = _Step(self, members, bound, prm, cfg.regularizers, cfg.relative_regularizers)
+        job = _Step(self, members, bound, prm, cfg.regularizers, cfg.relative_regularizers,
+                    prior_weight=cfg.prior_weight, ceiling=cfg.objective_ceiling)
         opt = Adam(cfg.lr)
         history = np.zeros((cfg.steps, b))
         best = np.zeros((b, inp.channels, inp.h, inp.w))
@@ -587,7 +641,7 @@ class _Step:
     """
 
     def __init__(self, engine: Maximizer, members, bound, prm: ImageParam, regularizers, relative: bool,
-                 rescue: bool = True):
+                 rescue: bool = True, prior_weight: float = 0.0, ceiling: float | None = None):
         self.engine, self.members, self.bound, self.prm = engine, members, bound, prm
         self.regularizers, self.relative, self.rescue = tuple(regularizers), relative, rescue
         self.b = b = members[-1][1].stop if members else 0
@@ -605,6 +659,9 @@ class _Step:
                 self.const[s] += lin.constant
             self.flat_cots = {r: c.reshape(b, -1).astype(np.float64) for r, c in self.cots.items()}
         self.reg_scale = np.zeros(b) if relative else np.ones(b)
+        self.prior_weight = float(prior_weight)
+        self.ceiling = ceiling
+        self.prior_scale = np.zeros(b) if relative else np.ones(b)
         self.rescued = np.zeros(b, np.int64)
 
     def __call__(self, params: np.ndarray, warp: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -633,6 +690,10 @@ class _Step:
             if dead.any():
                 grad_in = self._rescued(xm, dead, grad_in, cots)
                 self.rescued += dead
+        if self.ceiling is not None:
+            done = values >= self.ceiling
+            if done.any():
+                grad_in = np.where(done.reshape((b,) + (1,) * (grad_in.ndim - 1)), 0.0, grad_in).astype(grad_in.dtype)
         gx = inp.from_model_grad(grad_in)
         if warp is not None:
             gx = warp.adjoint(gx)
@@ -646,7 +707,16 @@ class _Step:
             for reg in self.regularizers:
                 _, gr = reg.value_and_grad(x)
                 gx -= scale * gr
-        return values, prm.vjp(params, gx, pre, x), x
+        gp = prm.vjp(params, gx, pre, x)
+        penalty = getattr(prm, "penalty", None)
+        if penalty is not None and self.prior_weight:
+            term = penalty(params)
+            if term is not None:
+                if not self.prior_scale.all():  # relative, like the image regularizers
+                    norms = np.sqrt(np.sum(gp.reshape(b, -1) ** 2, axis=1) * gp[0].size)
+                    self.prior_scale = np.where(self.prior_scale > 0, self.prior_scale, norms)
+                gp -= (self.prior_weight * self.prior_scale).reshape((b,) + (1,) * (gp.ndim - 1)) * term[1]
+        return values, gp, x
 
     def _rescued(self, xm, dead, grad_in, cots):
         """``grad_in`` with the rows of ``dead`` images replaced by the rescue gradient."""
@@ -693,6 +763,30 @@ def _evaluate(members, acts: Mapping[LayerRef, np.ndarray], bound, b: int):
     return values, cots
 
 
+def prior_settings(base: Settings, prior: Prior | None, accentuate: bool = False) -> Settings:
+    """The preset's settings adapted to a prior (its penalty replaces the image regularizers) or to
+    feature accentuation (class units read as log p_k, so that the target's probability rises)."""
+    changes: dict[str, Any] = {"regularizers": ()}
+    if accentuate:
+        pad = next((t.n for t in base.transforms if isinstance(t, Pad)), 2)
+        changes.update(class_objective="log_softmax", objective_ceiling=math.log(ACCENTUATE_TO),
+                       prior_weight=ACCENTUATE_WEIGHT, transforms=(Pad(pad), Jitter(pad)))
+    tag = "+prior" if prior is not None else ""
+    return replace(base, preset=base.preset + tag + ("+accentuate" if accentuate else ""), **changes)
+
+
+def _accentuation_record(origin: np.ndarray, final: np.ndarray, prior: Prior | None) -> dict[str, Any]:
+    """How far each accentuated image moved from its start: pixel RMS and L2 in the unit range,
+    and the whitened distance under a Gaussian prior."""
+    d = (final - origin).reshape(len(final), -1)
+    out: dict[str, Any] = {"pixel_rms": np.sqrt(np.mean(d * d, axis=1)).tolist(),
+                           "pixel_l2": np.linalg.norm(d, axis=1).tolist()}
+    if isinstance(prior, GaussianPrior):
+        dz = prior.encode(final) - prior.encode(origin)
+        out["prior_distance"] = np.sqrt(np.mean(dz * dz, axis=1)).tolist()
+    return out
+
+
 def _labels(objectives, unit_list, bound, ref, sizes) -> list[str]:
     out: list[str] = []
     if unit_list is not None:
@@ -724,7 +818,8 @@ def maximize(model: onnx.ModelProto | str | bytes, layer: Any = None, units: Any
              gradient: str = "auto", input_range: Sequence[float] | None = None, input_name: str | None = None,
              input_shape: Sequence[int] | None = None, providers: str = "auto", record_every: int = 0,
              images_per_unit: int = 1, diversity_weight: float = 0.0, logits: bool = True,
-             class_objective: str | None = None, modifier: str | None = None) -> MaximizeResult:
+             class_objective: str | None = None, modifier: str | None = None, prior: Any = "auto",
+             prior_weight: float | None = None, start: np.ndarray | None = None) -> MaximizeResult:
     """Images that maximize ``units`` of ``layer`` (default: every unit of the output layer), or any
     ``objective`` (one per image group).
 
@@ -745,6 +840,14 @@ def maximize(model: onnx.ModelProto | str | bytes, layer: Any = None, units: Any
     1 GiB of activations); ``callbacks`` get a :class:`StepInfo` after each step; ``gradient``
     ``auto|graph|fd`` as in :class:`~onnxviz.gradients.GradientFunction`; ``record_every`` keeps a
     snapshot every so many steps (for a GIF). Same seed, same images.
+
+    ``prior``: an image prior (:mod:`onnxviz.priors`) — a path, a prior object, ``None`` for none,
+    or ``"auto"`` (default): ``MODEL.prior.npz`` beside a model given as a file path. The prior's
+    parameterization replaces ``param`` and its penalty (weight ``prior_weight``, relative) the
+    preset's image regularizers. ``start``: one image (model layout and range) to begin from —
+    feature accentuation (Hamblin et al. 2024): the image changes as little as the prior's distance
+    (or pixel L2 without a prior) allows while the units rise; ``settings["accentuation"]`` records
+    how far each image moved.
     """
     engine = Maximizer(model, gradient=gradient, providers=providers, input_name=input_name,
                        input_range=input_range, input_shape=input_shape, modifier=modifier)
@@ -752,7 +855,7 @@ def maximize(model: onnx.ModelProto | str | bytes, layer: Any = None, units: Any
                       transforms=transforms, regularizers=regularizers, mode=mode, fill=fill, settings=settings,
                       batch_size=batch_size, callbacks=callbacks, record_every=record_every,
                       images_per_unit=images_per_unit, diversity_weight=diversity_weight, logits=logits,
-                      class_objective=class_objective)
+                      class_objective=class_objective, prior=prior, prior_weight=prior_weight, start=start)
 
 
 #: Elementwise activations a conv layer's output may pass through (the layer's output is after them).

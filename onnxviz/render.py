@@ -16,7 +16,7 @@ import numpy as np
 from .errors import OnnxvizError
 from .fileio import atomic_output
 
-__all__ = ["to_display", "grid_image", "save_grid", "save_gif", "overlay", "save_npy", "save_image", "save_result"]
+__all__ = ["to_display", "grid_image", "save_grid", "save_png", "save_gif", "overlay", "save_npy", "save_image", "save_result"]
 
 _BACKGROUND = (255, 255, 255)
 _TEXT = (20, 20, 20)
@@ -126,6 +126,11 @@ def _save_pil(image, path: str | os.PathLike, fmt: str, **options: Any) -> Path:
     return target
 
 
+def save_png(path: str | os.PathLike, picture: Any) -> Path:
+    """Write a Pillow image as PNG, atomically."""
+    return _save_pil(picture, path, "PNG")
+
+
 def save_grid(path: str | os.PathLike, images: np.ndarray, labels: Sequence[str] | None = None, **options: Any) -> Path:
     """Write :func:`grid_image` as a PNG (atomically); returns the path."""
     return _save_pil(grid_image(images, labels, **options), path, "PNG")
@@ -203,9 +208,10 @@ def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
 def save_result(result: Any, png: str | os.PathLike | None = None, gif: str | os.PathLike | None = None,
                 npy: str | os.PathLike | None = None, *, cols: int | None = None,
                 normalize: str = "range", title: str | None = None, tile: int | None = None,
-                gif_tile: int | None = 64) -> list[Path]:
+                gif_tile: int | None = 64, start: np.ndarray | None = None) -> list[Path]:
     """Write a :class:`~onnxviz.maximize.MaximizeResult`: a labelled PNG grid, a GIF of its
     recorded frames (needs ``record_every``), the raw images as ``.npy`` (model layout and range).
+    ``start`` (feature accentuation's start image, model layout) leads the PNG grid as "start".
     Every picture is drawn before any file is written, so a drawing error writes nothing. GIF tiles
     are smaller (``gif_tile``) to keep the file small."""
     options = dict(layout=result.layout, value_range=result.value_range, cols=cols, normalize=normalize)
@@ -213,8 +219,11 @@ def save_result(result: Any, png: str | os.PathLike | None = None, gif: str | os
     if gif is not None and result.frames is None:
         raise OnnxvizError("no frames recorded for a GIF (run with record_every > 0)")
     if png is not None:
-        planned.append((Path(os.fspath(png)), grid_image(result.images, result.labels, title=title, tile=tile,
-                                                         **options)))
+        images, labels = result.images, list(result.labels)
+        if start is not None:
+            images = np.concatenate([np.asarray(start, images.dtype).reshape((1,) + images.shape[1:]), images])
+            labels = ["start"] + labels
+        planned.append((Path(os.fspath(png)), grid_image(images, labels, title=title, tile=tile, **options)))
     written: list[Path] = []
     for path, image in planned:
         written.append(_save_pil(image, path, "PNG"))
