@@ -43,12 +43,15 @@ from onnxviz.fileio import save_model
 from onnxviz.runtime import DISABLED_OPTIMIZERS
 
 try:  # the metadata keys are owned by onnxviz.graph; keep working while it is absent or broken
-    from onnxviz.graph import META_CLASSES, META_LAYOUT, META_RANGE, META_SOURCE
+    from onnxviz.graph import META_CLASSES, META_LAYOUT, META_RANGE, META_RANGE_SOURCE, META_SOURCE
 except Exception:  # pragma: no cover - depends on the state of onnxviz.graph
     META_LAYOUT = "onnxviz.input_layout"
     META_RANGE = "onnxviz.input_range"
+    META_RANGE_SOURCE = "onnxviz.input_range_source"
     META_CLASSES = "onnxviz.class_names"
     META_SOURCE = "onnxviz.source"
+#: The range recorded for float inputs when nobody gave one (marked as a guess in the metadata).
+GUESSED_RANGE = (0.0, 1.0)
 
 __all__ = [
     "to_onnx",
@@ -70,6 +73,8 @@ __all__ = [
     "META_RANGE",
     "META_CLASSES",
     "META_SOURCE",
+    "META_RANGE_SOURCE",
+    "GUESSED_RANGE",
 ]
 
 Shape = Sequence[int]
@@ -323,6 +328,7 @@ def to_onnx(
     input_range: tuple[float, float] | None = None,
     class_names: Sequence[str] | None = None,
     seed: int = 0,
+    input_layout: str | None = None,
 ) -> ConversionResult:
     """Convert a framework model (or validate an ONNX one) and check it against its source.
 
@@ -337,8 +343,13 @@ def to_onnx(
     (shaped like ``input_shape`` / ``example_input``; a free batch dimension gets 2 rows, which also
     proves it is free), uniform in ``input_range`` when given, else standard normal; an element with
     |onnx - source| > atol + rtol * |source| raises :class:`ParityError`. ``input_range`` and
-    ``class_names`` are stored in the model's metadata. ``output``, when given, is written
-    atomically: on any error no file (partial or otherwise) is left there.
+    ``class_names`` (a list, a file with one name per line or a JSON list, or ``"a,b,c"``; as many
+    as the output has units) are stored in the model's metadata; without ``input_range``, a range
+    the source does not record is stored as :data:`GUESSED_RANGE` for float inputs and marked
+    ``onnxviz.input_range_source = guess`` (``onnxviz info`` then says "guessed"). ``input_layout``
+    (``NHWC`` / ``NCHW``) overrides the layout the format module records for rank-4 inputs.
+    ``output``, when given, is written atomically: on any error no file (partial or otherwise) is
+    left there.
     """
     path = _as_path(source)
     if path is not None and not path.exists():
@@ -351,6 +362,8 @@ def to_onnx(
     )
     if input_range is not None:
         input_range = _validate_range(input_range)
+    if input_layout is not None:
+        input_layout = _validate_layout(input_layout)
     try:
         converter = source_format.load_converter()
     except ImportError as e:  # the format module itself could not be imported
@@ -364,12 +377,23 @@ def to_onnx(
     if converted.symbolic_batch:
         _make_batch_symbolic(model)
     metadata = dict(converted.metadata)
+    if input_layout is not None:
+        layout = layout_metadata(model, input_layout)
+        if layout is None:
+            raise ConversionError(f"input_layout {input_layout}: the model has no rank-4 (image) input")
+        metadata[META_LAYOUT] = layout
     if input_range is not None:
         metadata[META_RANGE] = json.dumps([input_range[0], input_range[1]])
+        metadata[META_RANGE_SOURCE] = "user"
+    elif META_RANGE in metadata:  # the format module read it from the source
+        metadata.setdefault(META_RANGE_SOURCE, "source")
+    elif not any(p.key == META_RANGE for p in model.metadata_props):  # an ONNX model keeps its own
+        guess = _guessed_range(model)
+        if guess is not None:
+            metadata[META_RANGE] = guess
+            metadata[META_RANGE_SOURCE] = "guess"
     if class_names is not None:
-        if isinstance(class_names, str):
-            raise ConversionError("class_names must be a list of names, not one string")
-        class_names = [str(c) for c in class_names]
+        class_names = _read_class_names(class_names)
         _check_class_count(model, class_names)
         metadata[META_CLASSES] = json.dumps(class_names)
     set_metadata(model, metadata)
@@ -454,6 +478,38 @@ def _validate_range(input_range: tuple[float, float]) -> tuple[float, float]:
     if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
         raise ConversionError(f"input_range must be finite with lo < hi, got {input_range!r}")
     return lo, hi
+
+
+def _validate_layout(layout: str) -> str:
+    text = str(layout).strip().upper()
+    if text not in ("NHWC", "NCHW"):
+        raise ConversionError(f"input_layout must be NHWC or NCHW, got {layout!r}")
+    return text
+
+
+def _read_class_names(class_names: Any) -> list[str]:
+    """A list of names, a names file or ``"a,b,c"`` (onnxviz.graph.read_class_names) -> list."""
+    from onnxviz.errors import OnnxvizError
+    from onnxviz.graph import read_class_names
+
+    try:
+        return read_class_names(class_names)
+    except OnnxvizError as e:
+        raise ConversionError(str(e)) from None
+
+
+def _guessed_range(model: onnx.ModelProto) -> str | None:
+    """The ``onnxviz.input_range`` value for a model nobody gave a range for: GUESSED_RANGE for
+    its float inputs (all of them: one value; some: a per-input object), None when it has none."""
+    floats, total = [], 0
+    for name, dtype, _ in _input_specs(model):
+        total += 1
+        if dtype.kind == "f":
+            floats.append(name)
+    if not floats:
+        return None
+    value = [GUESSED_RANGE[0], GUESSED_RANGE[1]]
+    return json.dumps(value) if len(floats) == total else json.dumps({name: value for name in floats})
 
 
 def _check_class_count(model: onnx.ModelProto, class_names: list[str]) -> None:

@@ -1,10 +1,11 @@
 """PyTorch ``nn.Module`` (with an example input) or TorchScript file -> ONNX.
 
 The exporter: ``torch.onnx.export`` with the TorchScript-based exporter (``dynamo=False``) first. In
-torch 2.13 it still ships (deprecated, with a warning we hide), exports in a fraction of a second,
+torch 2.13 and 2.14 it still ships (deprecated, with a warning we hide), exports in a fraction of a second,
 keeps module scopes in node names and is the only one that takes a ``ScriptModule``. When it is
 gone, or fails on a model, the torch.export-based exporter (``dynamo=True``, needs ``onnxscript``)
-is tried; a TorchScript file has no fallback.
+is tried; a TorchScript file has no fallback. While TensorFlow is loaded, an export runs without
+Triton (which torch._dynamo would import, and which crashes a process with TensorFlow in it).
 
 Names: whatever the exporter, each node is renamed ``<module path>/<op>``: the second convolution
 of ``layer4[1]`` becomes ``layer4.1.conv2/Conv``, and the chain of its modules is recorded in the
@@ -25,6 +26,7 @@ import ast
 import contextlib
 import inspect
 import io
+import sys
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -68,6 +70,35 @@ def _quiet() -> Iterator[None]:
     """Hide the exporters' chatter (deprecation and tracer warnings, stdout, torch.onnx logs)."""
     with quiet_loggers(("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")):
         yield
+
+
+@contextlib.contextmanager
+def _without_triton() -> Iterator[None]:
+    """Keep Triton from being loaded during an export while TensorFlow is loaded; else a no-op.
+
+    The torch.export-based exporter imports ``torch._dynamo``, which imports ``triton`` (installed
+    with the CUDA build of torch, PyPI's default on Linux) only to see whether it is there. Once
+    TensorFlow is loaded, its libraries' LLVM/MLIR symbols are visible to the whole process, the
+    static initializers of ``libtriton.so`` (built on another LLVM) bind to them, and the process dies
+    with a segmentation fault (Triton loaded before TensorFlow is fine). An export compiles nothing,
+    so for its duration, and only when TensorFlow is loaded and Triton is not, ``import triton``
+    raises ImportError, which torch takes as "no Triton". After it, ``sys.modules`` and the caches of
+    ``torch.utils._triton`` (``has_triton_package()`` & co.) are as before; a torch module imported
+    meanwhile keeps what it saw (no Triton): loading Triton in this process would crash it anyway.
+    """
+    if "triton" in sys.modules or "tensorflow" not in sys.modules:
+        yield
+        return
+    sys.modules["triton"] = None  # type: ignore[assignment]  # `import triton` -> ImportError
+    try:
+        yield
+    finally:
+        if "triton" in sys.modules and sys.modules["triton"] is None:
+            del sys.modules["triton"]
+        helpers = sys.modules.get("torch.utils._triton")
+        for value in vars(helpers).values() if helpers is not None else ():
+            if getattr(value, "__module__", None) == helpers.__name__ and hasattr(value, "cache_clear"):
+                value.cache_clear()
 
 
 @contextlib.contextmanager
@@ -223,7 +254,7 @@ def export_module(module: Any, example: list[Any], input_names: list[str], outpu
     errors = []
     for exporter in exporters:
         try:
-            with _eval_mode(module), _quiet():
+            with _eval_mode(module), _quiet(), _without_triton():
                 if exporter == "torchscript":
                     model = _export_torchscript(torch, module, example, input_names, output_names, free_outputs, opset)
                 else:

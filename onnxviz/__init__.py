@@ -52,6 +52,7 @@ from .objectives import Objective, channel, direction, diversity, neuron, unit
 from .params import ImageParam, image_param
 from .render import grid_image, overlay, save_gif, save_grid, save_npy, save_result, to_display
 from .report import ReportRecord, build_report, write_report
+from .fvsanity import VisualizationSanity, visualization_sanity
 from . import regularizers, transforms  # noqa: E402 - namespaces for maximize(transforms=..., regularizers=...)
 
 
@@ -75,7 +76,7 @@ def _version() -> str:
 __version__ = _version()
 
 __all__ = [
-    "__version__", "build_report", "write_report", "ReportRecord",
+    "__version__", "build_report", "write_report", "ReportRecord", "visualization_sanity", "VisualizationSanity",
     # errors
     "OnnxvizError", "ModelLoadError", "LayerNotFoundError", "RewriteError", "ShapeError",
     "UnsupportedOpError", "ConversionError", "ParityError", "MissingDependencyError", "ImageError",

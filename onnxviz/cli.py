@@ -125,6 +125,9 @@ _SANITY_OPT = typer.Option(False, "--sanity", help="Print the model-randomizatio
 _CMAP_OPT = typer.Option("jet", "--cmap", help="Matplotlib colormap of the overlays.")
 _ALPHA_OPT = typer.Option(0.5, "--alpha", help="Overlay opacity.")
 _BATCH_OPT = typer.Option(None, "--batch-size", help="Inputs per onnxruntime run (default: auto).")
+_CLASS_NAMES_OPT = typer.Option(None, "--class-names",
+                                help="Class names: a file (one name per line, or a JSON list) or a,b,c "
+                                     "(as many as the output has units; default: the metadata's).")
 
 
 # ----------------------------------------------------------------------------------- commands
@@ -159,24 +162,28 @@ def info(
     if as_json:
         _echo_json(summary)
         return
+    from types import SimpleNamespace
+
     from rich.table import Table
+    from rich.text import Text
 
     con = _console()
-    con.print(f"[bold]{model}[/]  opset {summary['opset']}, IR {summary['ir_version']}, "
+    # names, paths and metadata are the model's content: plain Text, never rich markup
+    con.print(Text.assemble((str(model), "bold"), f"  opset {summary['opset']}, IR {summary['ir_version']}, "
               f"producer {summary['producer'] or '?'}, {summary['parameters']:,} parameters, "
-              f"{summary['nodes']} nodes")
+              f"{summary['nodes']} nodes"))
     t = Table(title="inputs")
     for col in ("name", "shape", "dtype", "layout", "range"):
         t.add_column(col)
     for i in summary["inputs"]:
-        t.add_row(i["name"], _fmt_shape(i["shape"]), i["dtype"], i["layout"] or "-",
-                  f"[{i['range'][0]:g}, {i['range'][1]:g}]")
+        shown = SimpleNamespace(value_range=i["range"], range_guessed=i.get("range_guessed", False))
+        t.add_row(Text(i["name"]), _fmt_shape(i["shape"]), i["dtype"], i["layout"] or "-", Text(_fmt_range(shown)))
     con.print(t)
     t = Table(title="outputs")
     for col in ("name", "shape", "dtype"):
         t.add_column(col)
     for o in summary["outputs"]:
-        t.add_row(o["name"], _fmt_shape(o["shape"]), o["dtype"] or "?")
+        t.add_row(Text(o["name"]), _fmt_shape(o["shape"]), o["dtype"] or "?")
     con.print(t)
     con.print("ops: " + ", ".join(f"{op} x{n}" for op, n in summary["ops"].items()))
     for k, v in summary["metadata"].items():
@@ -191,15 +198,30 @@ def convert(
                                               help="Full input shape, batch first, e.g. 1,28,28,1 "
                                                    "(';' between several inputs)."),
     opset: Optional[int] = typer.Option(None, "--opset", help="Target ONNX opset."),
+    input_range: Optional[str] = typer.Option(None, "--input-range",
+                                              help="The value range the model was trained on, e.g. 0,1 / -1,1 / "
+                                                   "0,255 (stored in the metadata; default: guessed, and marked so)."),
+    layout: Optional[str] = typer.Option(None, "--layout", help="Image layout of the input: NHWC | NCHW "
+                                                                 "(default: the source framework's)."),
+    class_names: Optional[str] = _CLASS_NAMES_OPT,
 ) -> None:
     """Convert a framework model to ONNX and check parity against the source."""
     from converters import to_onnx
 
-    from .graph import input_info, tensor_shape
+    from .graph import input_info, read_class_names, tensor_shape
 
     shapes = _parse_shapes(input_shape)
+    extra: dict[str, Any] = {}
+    if input_range is not None:
+        extra["input_range"] = _parse_range(input_range)
+    if layout is not None:
+        if layout.strip().upper() not in ("NHWC", "NCHW"):
+            raise OnnxvizError(f"bad --layout {layout!r}: choose NHWC or NCHW")
+        extra["input_layout"] = layout.strip().upper()
+    if class_names is not None:
+        extra["class_names"] = read_class_names(class_names)
     result = to_onnx(src, output=output, input_shape=shapes[0] if shapes and len(shapes) == 1 else shapes,
-                     opset=opset)
+                     opset=opset, **extra)
     con = _console()
     con.print(f"format: {result.format}", markup=False)
     if result.max_abs_diff is None:
@@ -209,10 +231,29 @@ def convert(
                   markup=False)
     for i in input_info(result.model):
         con.print(f"input  {i.name} {_fmt_shape(i.shape)} {i.dtype} layout={i.layout or '-'} "
-                  f"range=[{i.value_range[0]:g}, {i.value_range[1]:g}]", markup=False)
+                  f"range={_fmt_range(i)}", markup=False)
     for o in result.model.graph.output:
         con.print(f"output {o.name} {_fmt_shape(tensor_shape(result.model, o.name))}", markup=False)
+    names = _model_class_names(result.model)
+    if names:
+        con.print(f"classes: {', '.join(names)}", markup=False)
     con.print(f"wrote {output}", markup=False)
+
+
+def _fmt_range(info: Any) -> str:
+    """``[0, 1]``, and ``[0, 1] (guessed; set with --input-range)`` when nobody said."""
+    lo, hi = info.value_range
+    text = f"[{lo:g}, {hi:g}]"
+    return text + " (guessed; set with --input-range)" if getattr(info, "range_guessed", False) else text
+
+
+def _model_class_names(model: Any) -> list[str] | None:
+    from .graph import class_names
+
+    try:
+        return class_names(model)
+    except OnnxvizError:
+        return None
 
 
 @command()
@@ -304,14 +345,15 @@ def check(
 
 
 def _parse_range(text: str | None) -> tuple[float, float] | None:
-    """``0,1`` / ``-1,1`` / ``0,255`` -> (lo, hi)."""
+    """``0,1`` / ``-1,1`` / ``0,255`` -> (lo, hi): two finite numbers, lo < hi."""
     if text is None:
         return None
-    try:
-        lo, hi = (float(v) for v in text.replace(" ", "").strip("()[]").split(","))
-    except ValueError:
-        raise OnnxvizError(f"bad --input-range {text!r}: expected two numbers like 0,1") from None
-    return lo, hi
+    from .graph import check_value_range
+
+    parts = text.replace(" ", "").strip("()[]").split(",")
+    if len(parts) != 2:
+        raise OnnxvizError(f"bad --input-range {text!r}: expected two numbers like 0,1 or -1,1")
+    return check_value_range(parts, f"--input-range {text!r}")
 
 
 @command()
@@ -344,6 +386,10 @@ def maximize(
     start: Optional[str] = typer.Option(None, "--from",
                                         help="Feature accentuation: start from this image (PNG/JPEG/NPY) and change "
                                              "it as little as possible so the units rise."),
+    sanity: bool = typer.Option(False, "--sanity",
+                                help="Then run the same recipe on copies re-drawn from the top weight layer down and "
+                                     "report whether the pictures come from the model (exit 1 on FAIL)."),
+    class_names: Optional[str] = _CLASS_NAMES_OPT,
 ) -> None:
     """Activation maximization: images that drive units of a layer (class logits by default)."""
     from .maximize import Maximizer, default_settings, parse_units
@@ -360,9 +406,11 @@ def maximize(
             raise OnnxvizError(f"cannot write '{path}': it is a directory")
     if prior_weight is not None and not (prior_weight >= 0 and prior_weight < float("inf")):
         raise OnnxvizError(f"bad --prior-weight {prior_weight}: expected a finite number >= 0")
+    if sanity and start is not None:
+        raise OnnxvizError("--sanity checks activation maximization from scratch; it does not apply to --from")
     shapes = _parse_shapes(input_shape)
     engine = Maximizer(model, gradient=gradient, providers=providers, input_range=_parse_range(input_range),
-                       input_shape=shapes[0] if shapes else None)
+                       input_shape=shapes[0] if shapes else None, class_names=class_names)
     key = _layer_key(layer)
     unit_list = parse_units(units, engine.layer_size(key))
     start_image = None
@@ -396,8 +444,19 @@ def maximize(
 
             result = run((on_step,))
     written = save_result(result, png=output, gif=gif, npy=save_npy, start=start_image)
+    check = None
+    if sanity:
+        from .fvsanity import visualization_sanity
+
+        check = visualization_sanity(model, key, unit_list, prior=prior, seed=seed, steps=steps, lr=lr, param=param,
+                                     batch_size=batch_size, class_objective=class_objective, prior_weight=prior_weight,
+                                     gradient=gradient, providers=providers, input_range=_parse_range(input_range),
+                                     input_shape=shapes[0] if shapes else None)
     if as_json:
-        _echo_json({"model": str(model), "written": [str(p) for p in written], **result.to_dict()})
+        _echo_json({"model": str(model), "written": [str(p) for p in written], **result.to_dict(),
+                    **({"sanity": check.to_dict()} if check is not None else {})})
+        if check is not None and check.verdict == "FAIL":
+            raise typer.Exit(1)
         return
     con = _console()
     tensors = ", ".join(f"{k} (tensor {v})" for k, v in result.settings["tensors"].items())
@@ -414,6 +473,10 @@ def maximize(
         con.print(f"  {label}: objective {value:.4g}{extra}", markup=False, soft_wrap=True)
     for path in written:
         con.print(f"wrote {path}", markup=False, soft_wrap=True)
+    for line in check.lines() if check is not None else ():
+        con.print(line, markup=False, soft_wrap=True)
+    if check is not None and check.verdict == "FAIL":
+        raise typer.Exit(1)
 
 
 # ----------------------------------------------------------------------------------- priors
@@ -570,12 +633,13 @@ def saliency(
     batch_size: Optional[int] = _BATCH_OPT,
     input_range: Optional[str] = _INPUT_RANGE_OPT,
     input_shape: Optional[str] = _INPUT_SHAPE_OPT,
+    class_names: Optional[str] = _CLASS_NAMES_OPT,
 ) -> None:
     """Saliency maps from input gradients (vanilla, SmoothGrad, gradient x input, IG, guided, deconvnet)."""
     mod = None if modifier.strip().lower() in ("none", "signed", "") else modifier.strip().lower()
     _attribution_command("saliency", model, images, method, output, save_npy, unit, metrics, sanity, input_shape,
                          input_range, providers, batch_size, gradient, seed, cmap, alpha, modifier=mod,
-                         samples=samples, noise=noise, steps=steps, baseline=baseline)
+                         samples=samples, noise=noise, steps=steps, baseline=baseline, class_names=class_names)
 
 
 @command()
@@ -602,11 +666,12 @@ def cam(
     batch_size: Optional[int] = _BATCH_OPT,
     input_range: Optional[str] = _INPUT_RANGE_OPT,
     input_shape: Optional[str] = _INPUT_SHAPE_OPT,
+    class_names: Optional[str] = _CLASS_NAMES_OPT,
 ) -> None:
     """Class activation maps (Grad-CAM, Grad-CAM++, LayerCAM, Score-CAM) on a feature map."""
     _attribution_command("cam", model, images, method, output, save_npy, unit, metrics, sanity, input_shape,
                          input_range, providers, batch_size, gradient, seed, cmap, alpha,
-                         layer=_layer_key(layer), top_n=top_n)
+                         layer=_layer_key(layer), top_n=top_n, class_names=class_names)
 
 
 @command()
@@ -629,6 +694,7 @@ def occlusion(
     batch_size: Optional[int] = _BATCH_OPT,
     input_range: Optional[str] = _INPUT_RANGE_OPT,
     input_shape: Optional[str] = _INPUT_SHAPE_OPT,
+    class_names: Optional[str] = _CLASS_NAMES_OPT,
 ) -> None:
     """Occlusion sensitivity: the drop of the class score when a sliding window is covered."""
     fill_value: Any = fill
@@ -638,7 +704,7 @@ def occlusion(
         pass
     _attribution_command("occlusion", model, images, "occlusion", output, save_npy, unit, metrics, sanity,
                          input_shape, input_range, providers, batch_size, "auto", seed, cmap, alpha,
-                         window=window, stride=stride, fill=fill_value, score=score)
+                         window=window, stride=stride, fill=fill_value, score=score, class_names=class_names)
 
 
 def demo(out: Path | None = None, console: Any = None) -> dict[str, Any]:
@@ -694,7 +760,7 @@ def demo(out: Path | None = None, console: Any = None) -> dict[str, Any]:
                               "class_probabilities": own, "class_probabilities_no_prior": own_plain}
     conv = first_conv_layer(model)
     if conv is not None:
-        filters = engine.run(conv, "all", seed=0)
+        filters = engine.run(conv, "all", seed=0, prior=None)  # free pixels show a filter's own pattern
         written += save_result(filters, png=folder / "filters.png")
         con.print(f"filters: {len(filters.labels)} channels of {conv!r} in {filters.seconds:.1f} s", markup=False, soft_wrap=True)
         result["filters"] = filters
@@ -749,6 +815,9 @@ def report(
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     providers: str = _PROVIDERS_OPT,
     as_json: bool = typer.Option(False, "--json", help="Print the report record as JSON."),
+    class_names: Optional[str] = _CLASS_NAMES_OPT,
+    prior: str = typer.Option("auto", "--prior",
+                              help="Image prior for the class pictures: a .npz, auto (MODEL.prior.npz) or none."),
 ) -> None:
     """One self-contained HTML page: summary, layers, channel and class visualizations, attribution."""
     import warnings
@@ -760,11 +829,14 @@ def report(
         raise OnnxvizError("--units-per-layer must be at least 1")
     chosen = "auto" if layers.strip() == "auto" else [l.strip() for l in layers.split(",") if l.strip()]
     options = dict(layers=chosen, units_per_layer=units_per_layer, images=images, steps=steps, seed=seed,
-                   providers=providers,
+                   providers=providers, prior=prior,
                    command=_command_text("report", model, "-o", output, "--layers", layers, "--units-per-layer",
                                          units_per_layer, *[a for i in images or [] for a in ("--images", i)],
                                          *(("--steps", steps) if steps is not None else ()), "--seed", seed,
-                                         "--providers", providers))
+                                         "--providers", providers, "--prior", prior,
+                                         *(("--class-names", class_names) if class_names is not None else ())))
+    if class_names is not None:
+        options["class_names"] = class_names
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FallbackWarning)  # the page itself says when fd is used
         if as_json or not sys.stderr.isatty():

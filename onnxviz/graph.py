@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import difflib
 import json
+import math
 import os
 import re
 from collections import Counter
@@ -24,11 +25,12 @@ from onnx import helper
 from .errors import LayerNotFoundError, ModelLoadError, OnnxvizError
 
 __all__ = [
-    "META_CLASSES", "META_LAYOUT", "META_RANGE", "META_SOURCE", "DEFAULT_VALUE_RANGE",
+    "META_CLASSES", "META_LAYOUT", "META_RANGE", "META_RANGE_SOURCE", "META_SOURCE", "DEFAULT_VALUE_RANGE",
     "Shape", "Layer", "InputInfo", "ModelSource",
     "load_model", "infer_shapes", "layer_table", "tensor_shape", "tensor_dtype", "find_layer",
     "layer_names", "input_info", "metadata", "set_metadata", "class_names", "opset_version",
-    "parameter_count", "model_summary",
+    "parameter_count", "model_summary", "check_value_range", "RANGE_SOURCES", "read_class_names",
+    "check_class_names", "output_units",
 ]
 
 #: Metadata key: image layout of the inputs, ``"NHWC"``/``"NCHW"`` (all image inputs) or a JSON
@@ -36,6 +38,10 @@ __all__ = [
 META_LAYOUT = "onnxviz.input_layout"
 #: Metadata key: value range of the inputs, JSON ``[lo, hi]`` (or ``{"input name": [lo, hi]}``).
 META_RANGE = "onnxviz.input_range"
+#: Metadata key: where ``onnxviz.input_range`` came from: ``user`` (given at conversion),
+#: ``source`` (known from the source model) or ``guess`` (nobody said; ``onnxviz info`` says so).
+META_RANGE_SOURCE = "onnxviz.input_range_source"
+RANGE_SOURCES = ("user", "source", "guess")
 #: Metadata key: class names of the (first) output, JSON list of strings.
 META_CLASSES = "onnxviz.class_names"
 #: Metadata key: where the model came from (file name, framework, converter).
@@ -462,10 +468,14 @@ class InputInfo:
     dtype: np.dtype
     layout: str | None  # "NCHW" / "NHWC" (rank 4), "NCDHW" / "NDHWC" (rank 5), else None
     value_range: tuple[float, float]
+    #: True when nobody said what the range is: no metadata (the float default), or metadata a
+    #: converter wrote as a guess (``onnxviz.input_range_source`` = ``guess``)
+    range_guessed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "shape": None if self.shape is None else list(self.shape),
-                "dtype": str(self.dtype), "layout": self.layout, "range": list(self.value_range)}
+                "dtype": str(self.dtype), "layout": self.layout, "range": list(self.value_range),
+                "range_guessed": self.range_guessed}
 
 
 _PASS_THROUGH = {"Cast", "Identity", "Div", "Sub", "Mul", "Add", "Clip", "CastLike"}
@@ -485,11 +495,14 @@ def input_info(model: onnx.ModelProto) -> list[InputInfo]:
     default to ``(0.0, 1.0)``: the range of Keras/TF tutorials and of the shipped model, and the
     range images are displayed in, so a visualization never has to guess a normalisation;
     integer inputs default to their dtype's range (``uint8`` → ``(0, 255)``). Models trained on
-    other ranges (``[-1, 1]``, ImageNet mean/std) should record it with ``set_metadata``.
+    other ranges (``[-1, 1]``, ImageNet mean/std) should record it with ``set_metadata`` (or
+    ``onnxviz convert --input-range``). ``range_guessed`` says when the float default was used or
+    the metadata is marked as a guess (``onnxviz.input_range_source`` = ``guess``).
     """
     meta = metadata(model)
     layouts = _per_input(meta.get(META_LAYOUT), META_LAYOUT)
     ranges = _per_input(meta.get(META_RANGE), META_RANGE, is_range=True)
+    marked_guess = meta.get(META_RANGE_SOURCE, "").strip().lower() == "guess"
     inits = {t.name for t in model.graph.initializer}
     infos = []
     for vi in model.graph.input:
@@ -505,13 +518,14 @@ def input_info(model: onnx.ModelProto) -> list[InputInfo]:
         if layout is None:
             layout = _guess_layout(model, vi.name, shape)
         value_range = ranges.get(vi.name, ranges.get("*"))
+        guessed = value_range is not None and marked_guess
         if value_range is None:
             if np.issubdtype(dtype, np.integer):
                 info = np.iinfo(dtype)
                 value_range = (float(info.min), float(info.max))
             else:
-                value_range = DEFAULT_VALUE_RANGE
-        infos.append(InputInfo(vi.name, shape, elem, dtype, layout, value_range))
+                value_range, guessed = DEFAULT_VALUE_RANGE, True
+        infos.append(InputInfo(vi.name, shape, elem, dtype, layout, value_range, guessed))
     return infos
 
 
@@ -531,15 +545,29 @@ def _per_input(raw: str | None, key: str, is_range: bool = False) -> dict[str, A
     for name, v in items:
         if is_range:
             if not (isinstance(v, (list, tuple)) and len(v) == 2
-                    and all(isinstance(x, (int, float)) for x in v)):
+                    and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
                 raise OnnxvizError(f"metadata {key!r} must be JSON [lo, hi], got {raw!r}")
-            out[name] = (float(v[0]), float(v[1]))
+            out[name] = check_value_range(v, f"metadata {key!r}")
         else:
             v = str(v).strip().upper()
             if v not in ("NCHW", "NHWC", "NCDHW", "NDHWC", "NONE", ""):
                 raise OnnxvizError(f"metadata {key!r} must be NCHW or NHWC, got {raw!r}")
             out[name] = None if v in ("NONE", "") else v
     return out
+
+
+def check_value_range(values: Any, what: str = "input range") -> tuple[float, float]:
+    """``(lo, hi)`` as floats from two finite numbers with ``lo < hi``; else one clear
+    :class:`OnnxvizError` naming ``what`` (e.g. ``--input-range '1,0'``)."""
+    try:
+        lo, hi = (float(v) for v in values)
+    except (TypeError, ValueError):
+        raise OnnxvizError(f"bad {what}: expected two numbers lo, hi like 0,1 or -1,1") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise OnnxvizError(f"bad {what}: [{lo:g}, {hi:g}] is not finite; expected two numbers like 0,1 or -1,1")
+    if not lo < hi:
+        raise OnnxvizError(f"bad {what}: [{lo:g}, {hi:g}]: the low end must be below the high end")
+    return lo, hi
 
 
 def _guess_layout(model: onnx.ModelProto, name: str, shape: Shape | None) -> str | None:
@@ -619,6 +647,92 @@ def class_names(model: onnx.ModelProto) -> list[str] | None:
     if not isinstance(value, list):
         raise OnnxvizError(f"metadata {META_CLASSES!r} is not a JSON list: {raw[:80]!r}")
     return [str(v) for v in value]
+
+
+def read_class_names(spec: Any) -> list[str]:
+    """Class names from what a user gives: a list of names; a text file holding a JSON list or one
+    name per line (each line, stripped, is a name; blank lines before and after are ignored); or
+    names separated by commas (``cat,dog,bird``). A name is any non-empty text: it is shown, never
+    interpreted (labels are drawn and HTML-escaped, never used as markup, file names or code)."""
+    if spec is None:
+        raise OnnxvizError("no class names given")
+    if isinstance(spec, (str, os.PathLike)):
+        text = os.fspath(spec)
+        path = Path(text)
+        if text.strip() and path.is_file():
+            return _names_from_file(path)
+        if "," not in text:
+            raise OnnxvizError(f"class names {text!r}: no such file; give a list of names, a file with one name "
+                               "per line (or a JSON list), or names separated by commas: a,b,c")
+        names = [n.strip() for n in text.split(",")]
+        empty = [i for i, n in enumerate(names) if not n]
+        if empty:
+            raise OnnxvizError(f"class names {text!r}: name {empty[0]} is empty (put names with commas in a file)")
+        return names
+    try:
+        names = list(spec)
+    except TypeError:
+        raise OnnxvizError("class names must be a list of names, a file or a,b,c text, "
+                           f"not {type(spec).__name__}") from None
+    if not names:
+        raise OnnxvizError("no class names given (an empty list)")
+    for i, n in enumerate(names):
+        if not isinstance(n, (str, int, np.integer)) or isinstance(n, bool) or not str(n).strip():
+            raise OnnxvizError(f"class name {i} is {n!r}: names must be non-empty text")
+    return [str(n) for n in names]
+
+
+def _names_from_file(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise OnnxvizError(f"cannot read class names from {str(path)!r}: {getattr(e, 'strerror', None) or e}") from None
+    if text.lstrip().startswith("["):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise OnnxvizError(f"class names file {str(path)!r}: not a JSON list ({e.msg}, line {e.lineno})") from None
+        if not isinstance(value, list):
+            raise OnnxvizError(f"class names file {str(path)!r}: not a JSON list")
+        try:
+            return read_class_names(value)
+        except OnnxvizError as e:
+            raise OnnxvizError(f"class names file {str(path)!r}: {e}") from None
+    lines = [line.strip() for line in text.splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    start = next((i for i, line in enumerate(lines) if line), len(lines))
+    lines = lines[start:]
+    if not lines:
+        raise OnnxvizError(f"class names file {str(path)!r} is empty (expected one name per line)")
+    blank = next((i for i, line in enumerate(lines) if not line), None)
+    if blank is not None:
+        raise OnnxvizError(f"class names file {str(path)!r}: line {start + blank + 1} is empty (one name per line)")
+    return lines
+
+
+def output_units(model: onnx.ModelProto) -> int | None:
+    """Units per example of the first output (the classes of a classifier), ``None`` when unknown."""
+    if not model.graph.output:
+        return None
+    try:
+        shape = tensor_shape(model, model.graph.output[0].name)
+    except OnnxvizError:
+        return None
+    if not shape or len(shape) < 2 or any(not isinstance(d, int) for d in shape[1:]):
+        return None
+    return int(np.prod([int(d) for d in shape[1:]]))
+
+
+def check_class_names(model: onnx.ModelProto, names: Any, units: int | None = None) -> tuple[str, ...]:
+    """``names`` (see :func:`read_class_names`) checked against the units of the first output
+    (``units`` when the caller knows them); a wrong count is one clear :class:`OnnxvizError`."""
+    listed = read_class_names(names)
+    k = units if units is not None else output_units(model)
+    if k is not None and len(listed) != k:
+        raise OnnxvizError(f"{len(listed)} class name{'s' if len(listed) != 1 else ''} given but the model's output "
+                           f"has {k} unit{'s' if k != 1 else ''}")
+    return tuple(listed)
 
 
 def opset_version(model: onnx.ModelProto) -> int:

@@ -130,9 +130,9 @@ def model_input(model: onnx.ModelProto, input_name: str | None = None,
             raise ShapeError(f"input {info.name!r} has dynamic dims {tuple(full)}; give --input-shape "
                              "(e.g. 1,3,224,224)")
         shape = tuple(int(d) for d in full[1:])
-    lo, hi = (float(v) for v in (value_range if value_range is not None else info.value_range))
-    if not hi > lo:
-        raise OnnxvizError(f"bad input range [{lo:g}, {hi:g}]: the high end must be above the low end")
+    from .graph import check_value_range
+
+    lo, hi = check_value_range(value_range if value_range is not None else info.value_range)
     if len(shape) == 3:
         layout = info.layout or ("NHWC" if shape[-1] in (1, 3, 4) and shape[0] not in (1, 3, 4) else "NCHW")
         if layout == "NHWC":

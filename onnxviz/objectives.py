@@ -209,10 +209,11 @@ def _channel_axis(model, tensor, rank, producers, inputs, depth) -> int:
 
 
 def bind_layer(model: onnx.ModelProto, ref: LayerRef, shape: Sequence[int] | None = None,
-               layout: str | None = None) -> BoundLayer:
+               layout: str | None = None, class_names: Sequence[str] | None = None) -> BoundLayer:
     """Resolve ``ref`` on ``model``. ``shape`` is the per-image shape of the tensor (as a probe run
     gives it); without it the shape comes from shape inference and must be static. ``layout``
-    ("NCHW"/"NHWC"-style: "channels_first"/"channels_last" also accepted) overrides the detection."""
+    ("NCHW"/"NHWC"-style: "channels_first"/"channels_last" also accepted) overrides the detection.
+    ``class_names`` replace the metadata's names of the output layer."""
     from .graph import tensor_shape
 
     variant, tensor, stripped = resolve_layer(model, ref)
@@ -234,12 +235,14 @@ def bind_layer(model: onnx.ModelProto, ref: LayerRef, shape: Sequence[int] | Non
     else:
         axis = channel_axis(variant, tensor, rank)
     logits_tensor = _resolve_logits(model, ref)[1] if ref.log_softmax else tensor
-    names = _class_names_for(model, logits_tensor, shape)
+    names = _class_names_for(model, logits_tensor, shape, class_names)
     return BoundLayer(ref, tensor, variant, shape, None if axis is None else axis - 1, stripped, names)
 
 
-def _class_names_for(model: onnx.ModelProto, tensor: str, shape: tuple[int, ...]) -> tuple[str, ...] | None:
-    """The model's class names when ``tensor`` is its first output or that output's logits."""
+def _class_names_for(model: onnx.ModelProto, tensor: str, shape: tuple[int, ...],
+                     given: Sequence[str] | None = None) -> tuple[str, ...] | None:
+    """The model's class names (``given``, else the metadata's) when ``tensor`` is its first output
+    or that output's logits."""
     from .graph import class_names
     from .rewrite import final_activation
 
@@ -249,8 +252,11 @@ def _class_names_for(model: onnx.ModelProto, tensor: str, shape: tuple[int, ...]
     act = final_activation(model, outputs[0])
     if tensor != outputs[0] and (act is None or act.pre_activation != tensor):
         return None
-    names = class_names(model)
-    if not names or len(names) != int(np.prod(shape)):
+    names = list(given) if given is not None else class_names(model)
+    units = int(np.prod(shape))
+    if given is not None and len(names) != units:
+        raise OnnxvizError(f"{len(names)} class names given but the model's output has {units} units")
+    if not names or len(names) != units:
         return None
     return tuple(names)
 

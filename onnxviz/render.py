@@ -126,6 +126,15 @@ def _save_pil(image, path: str | os.PathLike, fmt: str, **options: Any) -> Path:
     return target
 
 
+def faded(images: np.ndarray, alpha: np.ndarray, layout: str = "NHWC",
+          value_range: Sequence[float] = (0.0, 1.0)) -> np.ndarray:
+    """Images (model layout) blended toward white by ``1 - alpha`` (alpha (n, H, W) in [0, 1]):
+    (n, H, W, C) in [0, 1]."""
+    x = to_display(images, layout, value_range).astype(np.float64) / 255.0
+    a = np.clip(np.asarray(alpha, np.float64), 0.0, 1.0)[..., None]
+    return a * x + (1.0 - a)
+
+
 def save_png(path: str | os.PathLike, picture: Any) -> Path:
     """Write a Pillow image as PNG, atomically."""
     return _save_pil(picture, path, "PNG")
@@ -224,6 +233,12 @@ def save_result(result: Any, png: str | os.PathLike | None = None, gif: str | os
             images = np.concatenate([np.asarray(start, images.dtype).reshape((1,) + images.shape[1:]), images])
             labels = ["start"] + labels
         planned.append((Path(os.fspath(png)), grid_image(images, labels, title=title, tile=tile, **options)))
+        alpha = getattr(result, "transparency", None)
+        if alpha is not None:  # MACO's view: each image faded to white where its feature is not
+            target = Path(os.fspath(png))
+            planned.append((target.with_name(target.stem + ".transparency.png"), grid_image(
+                faded(result.images, alpha, result.layout, result.value_range), result.labels, title=title,
+                tile=tile, layout="NHWC", value_range=(0.0, 1.0), cols=cols, normalize="range")))
     written: list[Path] = []
     for path, image in planned:
         written.append(_save_pil(image, path, "PNG"))

@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 
 from .errors import OnnxvizError, RewriteError
+from .priors import resolve_prior
 
 #: Attribution methods shown per example image (label, attribute() method name).
 ATTRIBUTION_METHODS = (("saliency", "vanilla"), ("integrated gradients", "ig"), ("Grad-CAM", "gradcam"))
@@ -43,6 +44,8 @@ class ReportRecord:
     seconds: float = 0.0
     sections: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    sanity: dict[str, Any] | None = None  # the class images' randomized-model control (fvsanity)
+    prior: dict[str, Any] | None = None  # the image prior of the class pictures, if any
 
 
 def conv_layers(model: onnx.ModelProto) -> list[str]:
@@ -161,18 +164,56 @@ def _section(section_id: str, title: str, body: str) -> str:
     return f'<section id="{section_id}"><h2>{html.escape(title)}</h2>{body}</section>'
 
 
+def sanity_section(check: Any) -> str:
+    """The randomized-model control of the class images (a :class:`~onnxviz.fvsanity.VisualizationSanity`):
+    the trained model's images above each randomized copy's (same units, same seed, columns aligned),
+    the numbers per stage, and the verdict."""
+    from .render import grid_image
+
+    rows = []
+    for stage in check.stages:
+        what = "trained model" if not stage.layers else f"randomized from the top: {', '.join(stage.layers)}"
+        grid = grid_image(stage.images[0], check.labels, layout=check.layout, value_range=check.value_range,
+                          cols=len(check.labels), tile=56)
+        rows.append(f"<figure>{_img(grid, f'stage {stage.index}: {what}')}<figcaption>stage {stage.index}: "
+                    f"{html.escape(what)}</figcaption></figure>")
+    response = "trained-model p(target)" if check.mode == "class" else "relative response"
+    header = ["stage", "randomized layers", "recognised (chance)", response, "SSIM", "Spearman"]
+    css = {"PASS": "muted", "FAIL": "warn", "INCONCLUSIVE": "warn"}[check.verdict]
+    reasons = "".join(f"<li>{html.escape(r)}</li>" for r in check.reasons)
+    rec = check.recognition
+    return (f'<p class="muted">The same recipe (settings, seed {check.seeds[0]}, units) on copies of the model whose '
+            "weights are re-drawn from the top weight layer down. Pictures that come from the model lose their "
+            "meaning with its weights: the trained model should read the copies' images as their targets no more "
+            "than chance, and they should look different (SSIM, Spearman against the trained image of the same "
+            "unit).</p>"
+            f'<div class="cards"><div class="card">{"<br>".join(rows)}</div></div>'
+            + _table(header, check.rows())
+            + f'<p class="{css}">verdict: {html.escape(check.verdict)} — randomized stages together '
+              f"{int(rec['recognised'])}/{int(rec['images'])} read as their targets (chance {rec['chance']:.1f}, "
+              f"p = {rec['p_value']:.2g}); {check.seconds:.1f} s</p>"
+            + (f"<ul>{reasons}</ul>" if reasons else ""))
+
+
 # ---------------------------------------------------------------------------------------- the report
 def build_report(model: onnx.ModelProto | str | bytes, *, layers: Sequence[str] | str = "auto",
                  units_per_layer: int = 8, images: Sequence[str] | None = None, steps: int | None = None,
                  seed: int = 0, providers: str = "auto", command: str | None = None,
-                 progress: Progress | None = None) -> tuple[str, ReportRecord]:
-    """Build the report page; returns (html, record). Nothing is written (see :func:`write_report`)."""
+                 progress: Progress | None = None, sanity: bool = True,
+                 class_names: Any = None, prior: Any = "auto") -> tuple[str, ReportRecord]:
+    """Build the report page; returns (html, record). Nothing is written (see :func:`write_report`).
+    ``sanity``: also run the randomized-model control of the class images (:mod:`onnxviz.fvsanity`).
+    ``class_names`` (a list, a names file or ``"a,b,c"``) label the classes everywhere on the page
+    over the metadata's ``onnxviz.class_names``. ``prior`` (as in :func:`~onnxviz.maximize.maximize`;
+    ``"auto"``: ``MODEL.prior.npz`` beside a model file) shapes the class pictures and their control."""
     import onnxruntime
 
     from . import __version__
     from .attribution import Attributor, attribute
     from .autodiff import plan, prepare
-    from .graph import class_names, find_layer, layer_table, load_model, model_summary
+    from .graph import META_CLASSES, check_class_names, find_layer, layer_table, load_model, model_summary
+    from .graph import class_names as metadata_class_names
+    from .graph import set_metadata
     from .images import load_images, model_input
     from .maximize import Maximizer
     from .render import grid_image, overlay
@@ -181,10 +222,15 @@ def build_report(model: onnx.ModelProto | str | bytes, *, layers: Sequence[str] 
 
     started = time.perf_counter()
     source_label = str(model) if isinstance(model, (str, Path)) else "model"
+    source_path = Path(model) if isinstance(model, (str, Path)) else None
     model = load_model(model)
     summary = model_summary(model)
     table = layer_table(model)
-    names = class_names(model)
+    if class_names is not None:  # the caller's names, for every label below (the file is not changed)
+        names: list[str] | None = list(check_class_names(model, class_names))
+        model = set_metadata(model, **{META_CLASSES: names})
+    else:
+        names = metadata_class_names(model)
     report = progress or (lambda what, done, total: None)
 
     try:
@@ -204,13 +250,15 @@ def build_report(model: onnx.ModelProto | str | bytes, *, layers: Sequence[str] 
                           command=command or "onnxviz.report.build_report(...)")
     spec = model_input(model)
     engine = Maximizer(model, providers=providers)
-    total = len(chosen) + 2
+    used_prior = resolve_prior(prior, model, source_path, engine.input)
+    record.prior = None if used_prior is None else used_prior.describe()
+    total = len(chosen) + 2 + int(sanity)
     done = 0
     parts: list[str] = []
 
     # -- summary --------------------------------------------------------------------------------
-    inputs = [(i["name"], _shape(i["shape"]), i["dtype"], i["layout"] or "-", f"[{i['range'][0]:g}, {i['range'][1]:g}]")
-              for i in summary["inputs"]]
+    inputs = [(i["name"], _shape(i["shape"]), i["dtype"], i["layout"] or "-", f"[{i['range'][0]:g}, {i['range'][1]:g}]"
+               + (" (guessed)" if i.get("range_guessed") else "")) for i in summary["inputs"]]
     outputs = [(o["name"], _shape(o["shape"]), o["dtype"] or "?") for o in summary["outputs"]]
     ops = ", ".join(f"{op} ×{n}" for op, n in summary["ops"].items())
     coverage = (f"every op on the path from the input to the logits has a gradient rule "
@@ -226,7 +274,8 @@ def build_report(model: onnx.ModelProto | str | bytes, *, layers: Sequence[str] 
             f"{summary['nodes']} nodes.</p>"
             f"<h3>Inputs</h3>{_table(['name', 'shape', 'dtype', 'layout', 'value range'], inputs)}"
             f"<h3>Outputs</h3>{_table(['name', 'shape', 'dtype'], outputs)}"
-            f"<h3>Ops</h3><p>{html.escape(ops)}</p>"
+            + (f"<h3>Classes</h3><p>{html.escape(', '.join(names))}</p>" if names else "")
+            + f"<h3>Ops</h3><p>{html.escape(ops)}</p>"
             f"<h3>Gradient coverage</h3><p>{coverage}</p>")
     parts.append(_section("summary", "Model summary", body))
 
@@ -252,13 +301,28 @@ def build_report(model: onnx.ModelProto | str | bytes, *, layers: Sequence[str] 
 
     # -- class visualizations -------------------------------------------------------------------
     report("classes", done, total)
-    classes = engine.run(None, None, steps=steps, seed=seed)
+    classes = engine.run(None, None, steps=steps, seed=seed, prior=used_prior)
     grid = grid_image(classes.images, classes.labels, layout=classes.layout, value_range=classes.value_range)
+    how = (f"with a {used_prior.kind} image prior fitted on {used_prior.samples:,} sample images"
+           if used_prior is not None else "no image prior")
     parts.append(_section("classes", "What each class looks like to the model",
                           f'<p class="muted">{len(classes.labels)} output units as logits '
-                          f"(final activation stripped), {classes.settings.get('steps')} steps, "
+                          f"(final activation stripped), {classes.settings.get('steps')} steps, {how}, "
                           f"{classes.seconds:.1f} s</p>{_img(grid, 'class visualizations')}"))
     done += 1
+    if sanity:
+        from .fvsanity import visualization_sanity
+
+        report("sanity check", done, total)
+        try:
+            check = visualization_sanity(model, None, None, seed=seed, steps=steps, providers=providers,
+                                         prior=used_prior)
+            record.sanity = check.to_dict()
+            body = sanity_section(check)
+        except OnnxvizError as e:  # e.g. no weight layers to re-draw
+            body = f'<p class="muted">No randomized-model control: {html.escape(str(e))}</p>'
+        parts.append(_section("sanity", "Do the class pictures come from the model? (randomized-model control)", body))
+        done += 1
 
     # -- where the model looks ------------------------------------------------------------------
     report("attribution", done, total)
@@ -307,7 +371,8 @@ def build_report(model: onnx.ModelProto | str | bytes, *, layers: Sequence[str] 
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in record.notes)
     parts.append(_section("reproducibility", "Reproducibility", _table(["", ""], repro)
                           + (f"<h3>Notes</h3><ul>{notes}</ul>" if notes else "")))
-    record.sections = ["summary", "layers", "channels", "classes", "attribution", "reproducibility"]
+    record.sections = ["summary", "layers", "channels", "classes", *(["sanity"] if sanity else []), "attribution",
+                       "reproducibility"]
 
     title = f"onnxviz report — {Path(source_label).name}"
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'

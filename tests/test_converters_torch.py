@@ -421,6 +421,52 @@ def test_dynamo_exporter_gives_the_same_names(resnet):
     assert find_layer(model, "layer4.1.conv2").op_type == "Conv"
 
 
+def test_no_triton_during_an_export_only_while_tensorflow_is_loaded(monkeypatch):
+    """Loading Triton (the CUDA build of torch's) after TensorFlow segfaults; the exporters keep it
+    out for the export only, and only when TensorFlow is loaded, leaving sys.modules as it was."""
+    import importlib.util
+    import types
+
+    from converters.pytorch import _without_triton
+
+    monkeypatch.delitem(sys.modules, "triton", raising=False)
+    monkeypatch.delitem(sys.modules, "tensorflow", raising=False)
+    before = importlib.util.find_spec("triton")
+    with _without_triton():
+        assert "triton" not in sys.modules  # no TensorFlow: nothing changes
+    monkeypatch.setitem(sys.modules, "tensorflow", types.ModuleType("tensorflow"))
+    with _without_triton():
+        assert importlib.util.find_spec("triton") is None
+        with pytest.raises(ImportError):
+            import triton  # noqa: F401
+    assert "triton" not in sys.modules
+    assert (importlib.util.find_spec("triton") is None) == (before is None)
+
+
+@pytest.mark.slow
+def test_dynamo_export_after_tensorflow():
+    """In one process with TensorFlow loaded (as in the test suite, or a user converting both kinds
+    of model), the torch.export-based exporter runs, even with the CUDA build of torch (Triton)."""
+    pytest.importorskip("onnxscript", reason="the torch.export-based exporter needs onnxscript")
+    pytest.importorskip("tensorflow", reason="the keras extra is not installed")
+    code = textwrap.dedent("""
+        import sys
+        import tensorflow
+        import torch
+        from converters.pytorch import export_module
+
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten())
+        onnx_model, exporter = export_module(model, [torch.rand(1, 3, 8, 8)], ["x"], ["output"], ["output"], None,
+                                             exporters=("dynamo",))
+        assert exporter == "dynamo" and len(onnx_model.graph.node) >= 2
+        assert "triton" not in sys.modules or sys.modules["triton"] is not None
+        print("exported")
+    """)
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stderr[-3000:]}"
+    assert "exported" in done.stdout
+
+
 # --------------------------------------------------------------------------- naming without torch
 
 def _node(name: str, op: str, inputs=()) -> onnx.NodeProto:

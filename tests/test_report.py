@@ -14,7 +14,7 @@ import browser
 from onnxviz.errors import OnnxvizError
 from onnxviz.report import auto_layers, build_report, conv_layers, write_report
 
-SECTIONS = ["summary", "layers", "channels", "classes", "attribution", "reproducibility"]
+SECTIONS = ["summary", "layers", "channels", "classes", "sanity", "attribution", "reproducibility"]
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,18 @@ def test_report_sections_and_facts(mnist_report):
     assert "NHWC" in page and "[0, 1]" in page  # input layout and range
     assert "1,199,893 parameters" in page  # the tutorial CNN's parameter count
     assert "seed" in page and "onnxruntime" in page and "time taken" in page
+
+
+def test_report_sanity_section(mnist_report):
+    page = mnist_report[0].read_text(encoding="utf-8")
+    section = page[page.index('<section id="sanity">'):]
+    section = section[:section.index("</section>")]
+    record = mnist_report[1]
+    stages = record.sanity["stages"]
+    assert [s["randomized"][:1] for s in stages] == [[], ["preds/MatMul"], ["preds/MatMul"], ["preds/MatMul"]]
+    assert section.count('src="data:image/png;base64,') == len(stages)  # trained + each randomized copy
+    assert f"verdict: {record.sanity['verdict']}" in section and record.sanity["verdict"] == "PASS"
+    assert stages[0]["recognised"] >= 9 and all(s["recognised"] <= 3 for s in stages[1:])
 
 
 @pytest.mark.slow

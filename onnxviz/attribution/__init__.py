@@ -91,8 +91,12 @@ def attribute(model: Any, x: np.ndarray, method: str = "vanilla", unit: Any = No
               **options: Any) -> Attribution:
     """Run one attribution ``method`` (see :data:`METHODS`) on a model-layout batch ``x``. Options
     a method does not take are dropped (``strict=True`` raises instead), so one set of settings can
-    drive several methods."""
+    drive several methods. ``class_names=`` (a list, a names file or ``"a,b,c"``) labels the
+    classes when ``model`` is not already an :class:`Attributor`."""
     name = method_name(method)
+    names = options.pop("class_names", None)
+    if names is not None:
+        model = as_attributor(model, class_names=names)
     allowed = _OPTIONS[name]
     extra = {k for k, v in options.items() if k not in allowed and v is not None}
     if extra and strict:

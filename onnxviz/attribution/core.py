@@ -88,12 +88,14 @@ class Attributor:
     ``output``: which graph output holds the class scores (default the first; it must be
     ``(N, classes)``). ``gradient``: ``auto|graph|fd`` as :class:`~onnxviz.gradients.GradientFunction`.
     ``batch_size``: images per onnxruntime run (default: about 8 MB of inputs, at most 256).
+    ``class_names``: labels of the classes (a list, a names file or ``"a,b,c"``; as many as the
+    output has classes) over the metadata's ``onnxviz.class_names``.
     """
 
     def __init__(self, model: onnx.ModelProto | str | bytes, *, input_name: str | None = None,
                  input_shape: Sequence[int] | None = None, value_range: Sequence[float] | None = None,
                  output: str | int | None = None, gradient: str = "auto", providers: str = "auto",
-                 batch_size: int | None = None):
+                 batch_size: int | None = None, class_names: Any = None):
         from ..graph import load_model, tensor_shape
         from ..rewrite import final_activation, to_logits
 
@@ -113,12 +115,16 @@ class Attributor:
         self._sessions: dict[Any, Any] = {}
         self._classes: int | None = None
         self.forward_passes = 0  # images run forward (alone, not as part of a gradient run)
-        from ..graph import class_names
+        from ..graph import check_class_names
+        from ..graph import class_names as metadata_names
 
-        try:
-            self.class_names = class_names(self.source)
-        except OnnxvizError:
-            self.class_names = None
+        if class_names is not None:  # the caller's names win over the metadata's (counted against the output)
+            self.class_names: list[str] | None = list(check_class_names(self.source, class_names, self.classes))
+        else:
+            try:
+                self.class_names = metadata_names(self.source)
+            except OnnxvizError:
+                self.class_names = None
 
     # ------------------------------------------------------------------------------ batching
     @property

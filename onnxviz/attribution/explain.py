@@ -74,11 +74,16 @@ def explain_files(model: Any, paths: Sequence[str | os.PathLike], methods: Seque
                   metrics: bool = False, sanity: bool = False, metric_steps: int = 50, seed: int = 0,
                   attributor_options: dict[str, Any] | None = None, **options: Any) -> Explanation:
     """Read ``paths``, run ``methods`` (names as :func:`onnxviz.attribution.attribute` takes them,
-    sharing ``options``) for ``unit`` (None: each image's top class)."""
+    sharing ``options``) for ``unit`` (None: each image's top class). ``class_names=`` (or in
+    ``attributor_options``) labels the classes over the metadata's names."""
     from . import attribute, method_name
     from .metrics import deletion_auc, insertion_auc, random_maps, randomization_check
 
-    att = as_attributor(model, **(attributor_options or {}))
+    attributor_options = dict(attributor_options or {})
+    if options.get("class_names") is not None:
+        attributor_options["class_names"] = options.pop("class_names")
+    options.pop("class_names", None)
+    att = as_attributor(model, **attributor_options)
     loaded = load_images(paths, att.spec)
     x = loaded.batch
     names = [method_name(m) for m in methods]
