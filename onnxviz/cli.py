@@ -382,7 +382,7 @@ def maximize(
                               help="Image prior: a .npz from 'onnxviz prior fit', auto (MODEL.prior.npz beside "
                                    "the model, if any) or none."),
     prior_weight: Optional[float] = typer.Option(None, "--prior-weight",
-                                                 help="Weight of the prior's penalty, relative (default 1; 0.1 with --from)."),
+                                                 help="Weight of the prior's penalty, relative (default 1; 0.05 with --from)."),
     start: Optional[str] = typer.Option(None, "--from",
                                         help="Feature accentuation: start from this image (PNG/JPEG/NPY) and change "
                                              "it as little as possible so the units rise."),

@@ -50,7 +50,7 @@ PRIOR_LR = 0.5
 #: transformed views); its distance weight is lower than visualization's and its transforms lighter
 #: (pad and jitter only): the start image is real, so it needs less help to stay natural.
 ACCENTUATE_TO = 0.98
-ACCENTUATE_WEIGHT = 0.1
+ACCENTUATE_WEIGHT = 0.05
 #: Memory a batch of activations may take when ``batch_size`` is automatic.
 AUTO_BATCH_BYTES = 1 << 30
 

@@ -79,6 +79,8 @@ def test_wheel_contents(wheel):
         assert "onnxviz/_models/mnist_cnn.onnx" in names
         assert zf.read("onnxviz/_models/mnist_cnn.onnx") == (REPO / "models" / "mnist_cnn.onnx").read_bytes()
         assert zf.read("onnxviz/_models/shapes_cnn.onnx") == (REPO / "models" / "shapes_cnn.onnx").read_bytes()
+        prior = "onnxviz/_models/mnist_cnn.prior.npz"  # beside its model, where prior="auto" finds it
+        assert zf.read(prior) == (REPO / "models" / "mnist_cnn.prior.npz").read_bytes()
         assert "converters/__init__.py" in names
         for module in ("__init__", "graph", "rewrite", "runtime", "cli", "shipped", "fileio", "errors"):
             assert f"onnxviz/{module}.py" in names
@@ -109,6 +111,7 @@ def test_installed_wheel_finds_its_model_from_any_folder(wheel, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert "stripped Softmax" in proc.stdout
+    assert "with the prior" in proc.stdout and "mnist_cnn.prior.npz" in proc.stdout
 
 
 def test_shipped_model_lookup():

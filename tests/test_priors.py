@@ -234,7 +234,7 @@ def test_feature_accentuation_moves_a_real_digit_a_little(mnist_model, mnist_dir
         assert np.corrcoef(image.ravel(), start.ravel())[0, 1] > 0.7
     # accentuating the class it already is changes (almost) nothing
     own = onnxviz.maximize(str(MNIST), units=[4], start=start, seed=0)
-    assert own.settings["accentuation"]["pixel_rms"][0] < 0.02
+    assert own.settings["accentuation"]["pixel_rms"][0] < min(0.05, min(moved["pixel_rms"]) / 3)
 
 
 # ----------------------------------------------------------------------------------- CLI
