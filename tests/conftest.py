@@ -32,3 +32,13 @@ def mnist_model_path() -> Path:
     path = MODELS_DIR / "mnist_cnn.onnx"
     assert path.exists(), f"shipped model missing: {path}"
     return path
+
+
+def assert_user_error(result, *parts: str) -> None:
+    """A CLI result that is a user error: exit 2, one ``error:`` line on stderr naming ``parts``."""
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    for part in parts:
+        assert part in lines[0], lines[0]

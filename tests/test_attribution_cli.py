@@ -11,20 +11,13 @@ from typer.testing import CliRunner
 from onnxviz import cli
 from onnxviz.attribution import Attributor, attribute
 
+from conftest import assert_user_error
+
 runner = CliRunner()
 
 
 def invoke(*args):
     return runner.invoke(cli.app, [str(a) for a in args])
-
-
-def assert_user_error(result, *parts):
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for part in parts:
-        assert part in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")

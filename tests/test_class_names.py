@@ -21,6 +21,8 @@ from onnxviz.maximize import Maximizer, maximize
 from onnxviz.render import grid_image, save_result
 from onnxviz.report import build_report, write_report
 
+from conftest import assert_user_error
+
 runner = CliRunner()
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 HOSTILE = ["[red]x[/red]", "[bold]b", "<script>alert(1)</script>", "a&b", "'quote'", "../../etc", "$(rm -rf)",
@@ -29,15 +31,6 @@ HOSTILE = ["[red]x[/red]", "[bold]b", "<script>alert(1)</script>", "a&b", "'quot
 
 def invoke(*args):
     return runner.invoke(cli.app, [str(a) for a in args])
-
-
-def assert_user_error(result, *parts: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for part in parts:
-        assert part in lines[0], lines[0]
 
 
 @pytest.fixture

@@ -18,6 +18,8 @@ from onnxviz import cli
 from onnxviz.errors import ConversionError
 
 REPO = Path(__file__).resolve().parents[1]
+from conftest import assert_user_error
+
 runner = CliRunner()
 
 
@@ -35,15 +37,6 @@ def files(tmp_path_factory) -> dict[str, Path]:
 
 def invoke(*args: str):
     return runner.invoke(cli.app, [str(a) for a in args])
-
-
-def assert_user_error(result, *parts: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for part in parts:
-        assert part in lines[0], lines[0]
 
 
 def test_layers_json(files):

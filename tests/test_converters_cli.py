@@ -15,20 +15,13 @@ import converters
 from onnxviz import cli
 from onnxviz.errors import ConversionError
 
+from conftest import assert_user_error
+
 runner = CliRunner()
 
 
 def invoke(*args) -> object:
     return runner.invoke(cli.app, [str(a) for a in args])
-
-
-def assert_user_error(result, *parts: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for part in parts:
-        assert part in lines[0], lines[0]
 
 
 def assert_converted(result, fmt: str, out: Path) -> list[str]:

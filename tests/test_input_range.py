@@ -20,6 +20,8 @@ from onnxviz.graph import (META_LAYOUT, META_RANGE, META_RANGE_SOURCE, check_val
                            set_metadata)
 from onnxviz.maximize import maximize
 
+from conftest import assert_user_error
+
 runner = CliRunner()
 
 
@@ -30,15 +32,6 @@ def invoke(*args):
 def flat(text: str) -> str:
     """Console output without the line wrapping and table borders (rich wraps at 80 columns)."""
     return " ".join(text.replace("│", " ").split())
-
-
-def assert_user_error(result, *parts: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for part in parts:
-        assert part in lines[0], lines[0]
 
 
 @pytest.fixture
