@@ -417,7 +417,7 @@ class Maximizer:
         started = time.perf_counter()
         inp = self.input
         explicit_param = param is not None and not isinstance(param, str)
-        if explicit_param and not (isinstance(prior, str) and prior.lower() in ("auto", "none")) and prior is not None:
+        if param is not None and not (isinstance(prior, str) and prior.lower() in ("auto", "none")) and prior is not None:
             raise OnnxvizError("give either a parameterization (param=) or a prior, not both")
         used_prior: Prior | None = None if explicit_param or (isinstance(param, str) and prior == "auto") else \
             resolve_prior(prior, self.model, self.source_path, inp)

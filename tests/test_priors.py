@@ -312,3 +312,8 @@ def test_fourier_prior_run_gives_a_transparency_map_where_the_feature_lives():
     assert result.history[-5:].mean() > result.history[:5].mean()
     # no transparency map for other parameterizations
     assert onnxviz.maximize(model, objective=[onnxviz.neuron(None, 0)], steps=3, logits=False).transparency is None
+
+
+def test_a_parameterization_and_a_prior_together_are_refused(small_prior):
+    with pytest.raises(onnxviz.OnnxvizError, match="either a parameterization"):
+        onnxviz.maximize(str(MNIST), units=[1], steps=2, param="pixel", prior=small_prior)
