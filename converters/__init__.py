@@ -471,13 +471,14 @@ def _validate_opset(opset: int | None) -> int | None:
 
 
 def _validate_range(input_range: tuple[float, float]) -> tuple[float, float]:
+    """onnxviz.graph.check_value_range, raising ConversionError."""
+    from onnxviz.errors import OnnxvizError
+    from onnxviz.graph import check_value_range
+
     try:
-        lo, hi = (float(v) for v in input_range)
-    except (TypeError, ValueError):
-        raise ConversionError(f"input_range must be two numbers (lo, hi), got {input_range!r}") from None
-    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
-        raise ConversionError(f"input_range must be finite with lo < hi, got {input_range!r}")
-    return lo, hi
+        return check_value_range(input_range, f"input_range {input_range!r}")
+    except OnnxvizError as e:
+        raise ConversionError(str(e)) from None
 
 
 def _validate_layout(layout: str) -> str:

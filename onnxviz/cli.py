@@ -426,8 +426,7 @@ def maximize(
     run = lambda callbacks: engine.run(key, unit_list, steps=steps, lr=lr, seed=seed, param=param,  # noqa: E731
                                        batch_size=batch_size, callbacks=callbacks, class_objective=class_objective,
                                        record_every=max(1, total // 40) if gif is not None else 0,
-                                       prior="auto" if param is not None and prior == "auto" else prior,
-                                       prior_weight=prior_weight, start=start_image)
+                                       prior=prior, prior_weight=prior_weight, start=start_image)
     if as_json or not sys.stderr.isatty():
         result = run(())
     else:

@@ -292,18 +292,6 @@ def _cascade(model: onnx.ModelProto, layers: int | str | Sequence[str] | None,
     return [chosen[:d] for d in range(1, len(chosen) + 1)]
 
 
-def _unit_images(x: np.ndarray, inp: Any) -> np.ndarray:
-    """Images in the model's layout and range -> ``(n, C, H, W)`` in [0, 1]."""
-    lo, hi = inp.value_range
-    n = len(x)
-    x = np.asarray(x, np.float64)
-    if inp.layout == "NHWC":
-        x = x.reshape(n, inp.h, inp.w, inp.channels).transpose(0, 3, 1, 2)
-    else:
-        x = x.reshape(n, inp.channels, inp.h, inp.w)
-    return (x - lo) / (hi - lo if hi > lo else 1.0)
-
-
 def _softmax(z: np.ndarray) -> np.ndarray:
     z = z.astype(np.float64) - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
@@ -471,7 +459,7 @@ def visualization_sanity(model: onnx.ModelProto | str | os.PathLike | bytes, lay
     target0 = pick(own0)  # each trained image's own unit, on the trained model
     norm = np.stack([own0[:, unit_pos == j, j].mean() for j in range(len(unit_list))])
     norm = np.where(np.abs(norm) > 1e-12, norm, 1e-12)
-    unit0 = _unit_images(flat(images0), inp)
+    unit0 = inp.to_unit(flat(images0))
 
     def trained_view(images: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
         """(p(target) or None, relative response of the target unit, reading) of the trained model."""
@@ -493,7 +481,7 @@ def visualization_sanity(model: onnx.ModelProto | str | os.PathLike | bytes, lay
               on_own: np.ndarray, seconds: float) -> SanityStage:
         p, rel, predicted = trained_view(images)
         hits, chance, p_value = recognition_test(predicted, targets)
-        units_s = _unit_images(flat(images), inp)
+        units_s = inp.to_unit(flat(images))
         return SanityStage(index, chosen, images, values, p, rel, predicted, predicted == targets, on_trained,
                            on_own, ssim(unit0, units_s).reshape(shape2), spearman(unit0, units_s).reshape(shape2),
                            chance, p_value, seconds)

@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import ImageError, OnnxvizError, ShapeError
+from .graph import check_value_range
 
 __all__ = ["Judges", "JudgeScore", "JUDGE_NAMES", "to_features"]
 
@@ -77,12 +78,7 @@ def _prepare(images: Any, layout: str, value_range: Sequence[float] | None) -> t
     if value_range is None:
         lo, hi = (0.0, 255.0) if arr.dtype == np.uint8 else (0.0, 1.0)
     else:
-        try:
-            lo, hi = (float(v) for v in value_range)
-        except (TypeError, ValueError):
-            raise OnnxvizError(f"value_range must be two numbers (low, high), got {value_range!r}") from None
-        if not hi > lo:
-            raise OnnxvizError(f"value_range must have high > low, got {value_range!r}")
+        lo, hi = check_value_range(value_range, f"value_range {value_range!r}")
     x = arr.reshape(n, h * w * c).astype(np.float32)
     if not np.isfinite(x).all():
         raise ImageError("images contain NaN or inf")

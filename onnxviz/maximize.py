@@ -419,8 +419,9 @@ class Maximizer:
         explicit_param = param is not None and not isinstance(param, str)
         if param is not None and not (isinstance(prior, str) and prior.lower() in ("auto", "none")) and prior is not None:
             raise OnnxvizError("give either a parameterization (param=) or a prior, not both")
-        used_prior: Prior | None = None if explicit_param or (isinstance(param, str) and prior == "auto") else \
-            resolve_prior(prior, self.model, self.source_path, inp)
+        # a parameterization (given, or named) means no prior: "auto" finds none, any other was refused above
+        used_prior: Prior | None = None if param is not None else resolve_prior(prior, self.model, self.source_path,
+                                                                                 inp)
         origin = None if start is None else self.input.to_unit(start)
         if origin is not None and len(origin) != 1:
             raise OnnxvizError("feature accentuation starts from one image")
@@ -733,7 +734,7 @@ class _Step:
         if self.ceiling is not None:
             done = values >= self.ceiling
             if done.any():
-                grad_in = np.where(done.reshape((b,) + (1,) * (grad_in.ndim - 1)), 0.0, grad_in).astype(grad_in.dtype)
+                grad_in = grad_in * ~done.reshape((b,) + (1,) * (grad_in.ndim - 1))
         gx = inp.from_model_grad(grad_in)
         if warp is not None:
             gx = warp.adjoint(gx)
@@ -743,8 +744,7 @@ class _Step:
             if self.relative and not self.reg_scale.all():
                 # relative weights: fixed at the first step where the image's objective gradient
                 # is nonzero, so a weight means the same for a logit (~10) and a channel mean (~0.1)
-                norms = np.sqrt(np.sum(gx.reshape(b, -1) ** 2, axis=1) * gx[0].size)
-                self.reg_scale = np.where(self.reg_scale > 0, self.reg_scale, norms)
+                self.reg_scale = _fill_scale(self.reg_scale, gx)
             scale = self.reg_scale.reshape(b, 1, 1, 1)
             for reg in self.regularizers:
                 _, gr = reg.value_and_grad(x)
@@ -755,8 +755,7 @@ class _Step:
             term = penalty(params)
             if term is not None:
                 if not self.prior_scale.all():  # relative, like the image regularizers
-                    norms = np.sqrt(np.sum(gp.reshape(b, -1) ** 2, axis=1) * gp[0].size)
-                    self.prior_scale = np.where(self.prior_scale > 0, self.prior_scale, norms)
+                    self.prior_scale = _fill_scale(self.prior_scale, gp)
                 gp -= (self.prior_weight * self.prior_scale).reshape((b,) + (1,) * (gp.ndim - 1)) * term[1]
         return values, gp, x
 
@@ -803,6 +802,14 @@ def _evaluate(members, acts: Mapping[LayerRef, np.ndarray], bound, b: int):
         for r, arr in g.items():
             cots[r][s] += arr
     return values, cots
+
+
+def _fill_scale(scale: np.ndarray, grad: np.ndarray) -> np.ndarray:
+    """Per-image scale of a relative penalty: kept where already set, else the objective gradient's
+    norm times sqrt(values per image) (a penalty gradient of ``weight / n`` per value then weighs
+    ``weight`` times the objective's RMS gradient)."""
+    norms = np.sqrt(np.sum(grad.reshape(len(grad), -1) ** 2, axis=1) * grad[0].size)
+    return np.where(scale > 0, scale, norms)
 
 
 def prior_settings(base: Settings, prior: Prior | None, accentuate: bool = False) -> Settings:

@@ -496,12 +496,12 @@ def check_prior(prior: Prior, model: onnx.ModelProto | None = None, input_spec: 
                 label: str = "the prior") -> None:
     """Raise :class:`PriorError` unless ``prior`` was fitted for ``model`` and its input size."""
     s = prior.spec
-    if input_spec is not None and (input_spec.channels, getattr(input_spec, "height", None) or input_spec.h,
-                                   getattr(input_spec, "width", None) or input_spec.w) != (s.channels, s.height, s.width):
-        ih = getattr(input_spec, "height", None) or input_spec.h
-        iw = getattr(input_spec, "width", None) or input_spec.w
-        raise PriorError(f"{label} makes {s.channels}x{s.height}x{s.width} images; the model takes "
-                         f"{input_spec.channels}x{ih}x{iw}")
+    if input_spec is not None:  # the maximizer's input (channels, h, w) or an images.ModelInput
+        got = (input_spec.channels, getattr(input_spec, "h", None) or input_spec.height,
+               getattr(input_spec, "w", None) or input_spec.width)
+        if got != (s.channels, s.height, s.width):
+            raise PriorError(f"{label} makes {s.channels}x{s.height}x{s.width} images; the model takes "
+                             f"{got[0]}x{got[1]}x{got[2]}")
     if model is not None and s.model_sha256 is not None:
         digest = model_digest(model)
         if digest != s.model_sha256:
