@@ -274,7 +274,7 @@ def _export(model: Any, path: Path, options: ConvertOptions, keras: Any) -> None
     if options.input_shape is not None:
         kwargs["input_signature"] = _input_signature(model, options.input_shape, keras)
     try:
-        with _quiet():
+        with _quiet(), _exportable_ops(keras):
             model.export(str(path), **kwargs)
     except ImportError as e:  # tf2onnx (or the backend's exporter) missing
         raise missing_dependency(EXTRA, "exporting a Keras model to ONNX", e) from e
@@ -282,6 +282,71 @@ def _export(model: Any, path: Path, options: ConvertOptions, keras: Any) -> None
         raise ConversionError(f"Keras' ONNX export of {model.name!r} failed: {_first_line(e)}") from e
     if not path.is_file():
         raise ConversionError(f"Keras' ONNX export of {model.name!r} wrote no file")
+
+
+@contextlib.contextmanager
+def _exportable_ops(keras: Any) -> Iterator[None]:
+    """For the export only, on the TensorFlow backend: two ops tf2onnx cannot convert as Keras
+    traces them (ConvNeXt has both) are traced as ops it can.
+
+    - Grouped convolutions (``Conv2D(groups=...)``: ConvNeXt's depthwise 7x7) and channels_first 3-D
+      ones: TensorFlow's CPU kernels lack them, so Keras runs them in an XLA-compiled ``tf.function``,
+      which traces as a ``StatefulPartitionedCall`` that grappler never inlines (functions marked for
+      XLA are left alone) and the ONNX model keeps as a TensorFlow op. Here they trace as the plain
+      ``tf.nn.convolution`` (tf2onnx maps a grouped Conv2D to ONNX ``Conv`` with ``group``); the export
+      only traces them, never runs them. Other convolutions go through Keras' own code unchanged.
+    - ``Erfc``, which exact GELU traces to (``tf.nn.gelu``: ``0.5 x erfc(-x / sqrt 2)``) and tf2onnx has
+      no handler for: one is registered, ``1 - Erf``.
+    """
+    if keras.backend.backend() != "tensorflow":
+        yield
+        return
+    _register_erfc()
+    try:
+        import tensorflow as tf
+        from keras.src.backend import standardize_data_format
+        from keras.src.backend.tensorflow import nn as tf_nn
+        original, to_tf_format = tf_nn.conv, tf_nn._convert_data_format
+    except (ImportError, AttributeError):  # another Keras layout: export as Keras does
+        yield
+        return
+
+    def conv(inputs: Any, kernel: Any, strides: Any = 1, padding: str = "valid", data_format: Any = None,
+             dilation_rate: Any = 1) -> Any:
+        layout = standardize_data_format(data_format)
+        channels = inputs.shape[-1] if layout == "channels_last" else inputs.shape[1]
+        if channels == kernel.shape[-2] and not (layout == "channels_first" and len(inputs.shape) == 5):
+            return original(inputs, kernel, strides, padding, data_format, dilation_rate)
+        return tf.nn.convolution(inputs, kernel, strides, padding.upper(),
+                                 data_format=to_tf_format(layout, len(inputs.shape)), dilations=dilation_rate)
+
+    tf_nn.conv = conv
+    try:
+        yield
+    finally:
+        tf_nn.conv = original
+
+
+def _register_erfc() -> None:
+    """Give tf2onnx a handler for TensorFlow's ``Erfc``: ``Sub(1, Erf(x))`` (ONNX Erf: opset 9)."""
+    from tf2onnx import constants, utils
+    from tf2onnx.handler import tf_op
+
+    if any("Erfc" in handlers for handlers in tf_op.get_opsets().get(constants.ONNX_DOMAIN, [])):
+        return
+
+    class Erfc:
+        @classmethod
+        def version_9(cls, ctx: Any, node: Any, **kwargs: Any) -> None:
+            dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
+            one = ctx.make_const(utils.make_name(f"{node.name}_one"), np.array(1, dtype))
+            node.type = "Erf"
+            sub = ctx.insert_new_node_on_output("Sub", node.output[0], name=utils.make_name(node.name),
+                                                inputs=[one.output[0], node.output[0]])
+            ctx.set_dtype(sub.output[0], ctx.get_dtype(node.output[0]))
+            ctx.copy_shape(node.output[0], sub.output[0])
+
+    tf_op("Erfc")(Erfc)
 
 
 _TF_TENSOR_NAME = re.compile(r"^.+/.+:\d+$")  # "efficientnetb0_1/normalization_1/Sub/y:0"

@@ -7,6 +7,19 @@ imported on first use.
 
 from __future__ import annotations
 
+import sys as _sys
+
+if _sys.argv and _sys.argv[0].replace("\\", "/").rsplit("/", 1)[-1] in ("onnxviz", "onnxviz.exe", "onnxviz-script.py"):
+    import signal as _signal
+
+    def _interrupted_while_starting(signum: int, frame: object) -> None:
+        """The console script, Ctrl-C during the imports below (~0.5 s): one line, not a traceback
+        from inside numpy or onnx. ``onnxviz.cli.main`` puts Python's handler back."""
+        _sys.stderr.write("error: interrupted; no file was written\n")
+        raise SystemExit(128 + signum)
+
+    _signal.signal(_signal.SIGINT, _interrupted_while_starting)
+
 from .errors import (
     ConversionError,
     ImageError,
@@ -27,14 +40,18 @@ from .graph import (
     META_SOURCE,
     InputInfo,
     Layer,
+    ModelLayer,
     class_names,
     find_layer,
     infer_shapes,
     input_info,
     layer_names,
+    layer_output,
     layer_table,
     load_model,
     metadata,
+    model_layer,
+    model_layers,
     model_summary,
     opset_version,
     parameter_count,
@@ -83,6 +100,7 @@ __all__ = [
     # graph
     "META_CLASSES", "META_LAYOUT", "META_RANGE", "META_SOURCE", "Layer", "InputInfo", "load_model",
     "infer_shapes", "layer_table", "layer_names", "tensor_shape", "tensor_dtype", "find_layer",
+    "ModelLayer", "model_layers", "model_layer", "layer_output",
     "input_info", "metadata", "set_metadata", "class_names", "opset_version", "parameter_count",
     "model_summary",
     # rewrite

@@ -66,7 +66,7 @@ def check_gradients(model: onnx.ModelProto | str | bytes, layer: str | int | Non
     info = input_info(prepared)[0]
     the_plan = plan(prepared, target, [info.name])
     ops = sorted({n.op_type for n in the_plan.nodes})
-    shape = concrete_input_shape(info.shape, input_shape)
+    shape = concrete_input_shape(info.shape, input_shape, name=info.name)
 
     rng = np.random.default_rng(seed)
     lo, hi = info.value_range

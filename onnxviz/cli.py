@@ -2,12 +2,15 @@
 
 Adding a command is one function decorated with ``@app.command()`` (alias ``command``): the app's
 group class turns any :class:`~onnxviz.errors.OnnxvizError` raised by any command into one
-``error: <message>`` line on stderr and exit code 2; other exceptions keep their traceback.
+``error: <message>`` line on stderr and exit code 2; other exceptions keep their traceback. Usage
+errors (an unknown option, ``--steps abc``) are one such line too, and Ctrl-C or SIGTERM says it
+interrupted the command and whether any file was written (temp files are removed on the way out).
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -22,22 +25,66 @@ __all__ = ["app", "command", "main", "demo", "EXIT_USER_ERROR"]
 EXIT_USER_ERROR = 2
 
 
-def report_user_error(error: OnnxvizError) -> None:
+def _printable(text: Any) -> str:
+    """``text`` with control characters written out (``\\x1b``): names and metadata come from the
+    model file, and an escape sequence in one must not retitle, clear or recolour the terminal."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
+
+
+def report_user_error(error: Exception | str) -> None:
     """Print ``error: <message>`` as one line on stderr."""
-    message = " ".join(str(error).split()) or type(error).__name__
+    message = _printable(" ".join(str(error).split())) or type(error).__name__
     sys.stderr.write(f"error: {message}\n")
     sys.stderr.flush()
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the same clean-up (temp files) and message follow."""
+
+    signum = int(signal.SIGTERM)
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Terminated()
 
 
 class OnnxvizGroup(TyperGroup):
     """Runs subcommands so that user errors end as one line and exit code 2, never a traceback."""
 
     def invoke(self, ctx: Any) -> Any:  # a click Context (typer may vendor click)
+        from . import fileio
+
+        before = fileio.files_written
         try:
             return super().invoke(ctx)
         except OnnxvizError as e:
             report_user_error(e)
             raise typer.Exit(EXIT_USER_ERROR) from None
+        except KeyboardInterrupt as e:  # Ctrl-C; SIGTERM too (see main)
+            done = fileio.files_written - before
+            report_user_error(f"interrupted after writing {done} file{'s' if done > 1 else ''}" if done
+                              else "interrupted; no file was written")
+            raise typer.Exit(128 + getattr(e, "signum", int(signal.SIGINT))) from None
+
+    def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        """As click's, but a usage error (unknown option or command, a bad value) is one ``error:``
+        line and exit code 2 like every other user error, not a boxed message."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        from typer.core import _click
+
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _click.exceptions.ClickException as e:
+            if not isinstance(e, _click.exceptions.NoArgsIsHelpError):  # that one has shown the help
+                hint = f" (see '{e.ctx.command_path} --help')" if getattr(e, "ctx", None) is not None else ""
+                report_user_error(e.format_message() + hint)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            report_user_error("aborted")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 app = typer.Typer(
@@ -70,29 +117,70 @@ def _root(
 
 # ----------------------------------------------------------------------------------- helpers
 def _console():
+    """A rich console for text from model files: markup and emoji codes off, and every string
+    printed has its control characters written out (tables take ``_shown`` cells)."""
     from rich.console import Console
 
-    return Console(soft_wrap=False)
+    class _Plain(Console):
+        def print(self, *objects: Any, **options: Any) -> None:
+            super().print(*(_printable(o) if isinstance(o, str) else o for o in objects), **options)
+
+    return _Plain(soft_wrap=False, markup=False, emoji=False)
 
 
 def _fmt_shape(shape: Any) -> str:
+    """``(N, 32, 26, 26)``; unknown dims, and those shape inference named itself (``unk__0``), are ``?``."""
     if shape is None:
         return "?"
-    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+    return "(" + ", ".join("?" if d is None or str(d).startswith("unk__") else str(d) for d in shape) + ")"
 
 
-def _layers_table(layers: list, title: str | None = None):
+def _shown(text: Any, width: int | None = None):
+    """Text from a model file as a rich ``Text``: never markup, control characters (terminal
+    escape sequences) written out as ``\\x1b``, elided in the middle beyond ``width``."""
+    from rich.text import Text
+
+    text = _printable(text)
+    if width is not None and len(text) > width:
+        head = (width - 1) // 2
+        text = text[:head] + "…" + text[len(text) - (width - 1 - head):]
+    return Text(text)
+
+
+def _nodes_table(layers: list, title: str | None = None):
     from rich.table import Table
 
-    table = Table(title=title, show_lines=False)
+    table = Table(title=_shown(title) if title is not None else None, show_lines=False)
     table.add_column("#", justify="right")
     table.add_column("name", overflow="fold")
     table.add_column("op")
     table.add_column("outputs", overflow="fold")
     table.add_column("shape")
     for layer in layers:
-        table.add_row(str(layer.index), layer.name or "", layer.op_type, ", ".join(layer.outputs),
-                      "; ".join(_fmt_shape(s) for s in layer.shapes))
+        table.add_row(str(layer.index), _shown(layer.name or ""), _shown(layer.op_type),
+                      _shown(", ".join(layer.outputs)), _shown("; ".join(_fmt_shape(s) for s in layer.shapes)))
+    return table
+
+
+def _model_layers_table(rows: list, width: int):
+    """One line per layer within ``width`` columns: long names elided in the middle, the output
+    tensor and the ops giving way first."""
+    from rich import box
+    from rich.table import Table
+
+    cells = [(_shown(r.name), _shown(r.output), _shown(_fmt_shape(r.shape)),
+              f"{r.parameters:,}" if r.kind == "layer" else "", _shown(", ".join(r.op_types) or r.kind))
+             for r in rows]
+    header = ("layer", "output", "shape", "params", "ops")
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
+    for col, least in ((1, 18), (4, 10), (0, 16), (2, 12), (1, 6), (4, 4), (0, 8)):  # (column, narrowest)
+        widths[col] = max(min(least, widths[col]), widths[col] - (sum(widths) + 3 * (len(header) - 1) - width))
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for i, name in enumerate(header):
+        table.add_column(name, justify="right" if name == "params" else "left", no_wrap=True,
+                         overflow="ellipsis", width=widths[i])
+    for row in cells:
+        table.add_row(*[_shown(c, widths[i]) if i < 3 else c for i, c in enumerate(row)])
     return table
 
 
@@ -117,6 +205,11 @@ def _parse_shapes(text: str | None) -> list[tuple[int, ...]] | None:
 
 
 # options several commands share (one definition each)
+#: How every --layer is read (onnxviz.graph.find_layer): names first, an integer is an index only
+#: when it names nothing.
+_LAYER_HELP = ("a layer as `onnxviz layers` lists it (preds, conv2d_1, layer4.1.conv2), a tensor or node name, "
+               "or a node index as `layers --nodes` numbers them; names win: '3' is a tensor named 3 if the "
+               "model has one")
 _PROVIDERS_OPT = typer.Option("auto", "--providers", help="auto | cpu | cuda.")
 _INPUT_SHAPE_OPT = typer.Option(None, "--input-shape", help="Input shape for dynamic dims, e.g. 1,3,224,224.")
 _INPUT_RANGE_OPT = typer.Option(None, "--input-range", help="Input value range, e.g. 0,1 (default: metadata).")
@@ -136,17 +229,32 @@ def layers(
     model: str = typer.Argument(..., help="ONNX model file."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
     layer: Optional[str] = typer.Option(None, "--layer", "-l",
-                                        help="Show only the layer this name/index/tensor resolves to."),
+                                        help=f"Show only the layer holding this: {_LAYER_HELP}."),
+    nodes: bool = typer.Option(False, "--nodes", help="One row per ONNX node (index, name, op, outputs, shapes)."),
 ) -> None:
-    """List the layers (nodes) with their output tensors and shapes."""
-    from .graph import find_layer, layer_table, load_model
+    """List the layers as the framework knew them (Keras layers, PyTorch modules): output tensor,
+    shape, parameters, ops. Any --layer option takes the names this table shows."""
+    from .graph import find_layer, layer_table, load_model, model_layer, model_layers
 
     loaded = load_model(model)
-    rows = [find_layer(loaded, layer)] if layer is not None else layer_table(loaded)
+    if nodes:
+        rows: list = [find_layer(loaded, layer)] if layer is not None else layer_table(loaded)
+    else:
+        rows = [model_layer(loaded, layer)] if layer is not None else model_layers(loaded)
     if as_json:
         _echo_json([row.to_dict() for row in rows])
-    else:
-        _console().print(_layers_table(rows, title=str(model)))
+        return
+    con = _console()
+    if nodes:
+        con.print(_nodes_table(rows, title=str(model)))
+        return
+    con.print(_shown(model), no_wrap=True, overflow="ellipsis")
+    con.print(_model_layers_table(rows, con.width))
+    if layer is None:
+        counted = [r for r in rows if r.kind == "layer"]
+        con.print(f"{sum(r.parameters for r in counted):,} parameters in {len(counted)} layers "
+                  f"({len(loaded.graph.node)} nodes: --nodes lists them)", markup=False, no_wrap=True,
+                  overflow="ellipsis")
 
 
 @command()
@@ -168,22 +276,23 @@ def info(
     from rich.text import Text
 
     con = _console()
-    # names, paths and metadata are the model's content: plain Text, never rich markup
-    con.print(Text.assemble((str(model), "bold"), f"  opset {summary['opset']}, IR {summary['ir_version']}, "
-              f"producer {summary['producer'] or '?'}, {summary['parameters']:,} parameters, "
-              f"{summary['nodes']} nodes"))
+    # names, paths and metadata are the model's content: _shown Text, never markup or escape codes
+    con.print(Text.assemble((_printable(model), "bold"), _printable(f"  opset {summary['opset']}, IR "
+              f"{summary['ir_version']}, producer {summary['producer'] or '?'}, {summary['parameters']:,} parameters, "
+              f"{summary['nodes']} nodes")))
     t = Table(title="inputs")
     for col in ("name", "shape", "dtype", "layout", "range"):
         t.add_column(col)
     for i in summary["inputs"]:
         shown = SimpleNamespace(value_range=i["range"], range_guessed=i.get("range_guessed", False))
-        t.add_row(Text(i["name"]), _fmt_shape(i["shape"]), i["dtype"], i["layout"] or "-", Text(_fmt_range(shown)))
+        t.add_row(_shown(i["name"]), _shown(_fmt_shape(i["shape"])), i["dtype"], _shown(i["layout"] or "-"),
+                  Text(_fmt_range(shown)))
     con.print(t)
     t = Table(title="outputs")
     for col in ("name", "shape", "dtype"):
         t.add_column(col)
     for o in summary["outputs"]:
-        t.add_row(Text(o["name"]), _fmt_shape(o["shape"]), o["dtype"] or "?")
+        t.add_row(_shown(o["name"]), _shown(_fmt_shape(o["shape"])), o["dtype"] or "?")
     con.print(t)
     con.print("ops: " + ", ".join(f"{op} x{n}" for op, n in summary["ops"].items()))
     for k, v in summary["metadata"].items():
@@ -261,31 +370,22 @@ def grad(
     model: str = typer.Argument(..., help="ONNX model file."),
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the gradient model."),
     layer: Optional[str] = typer.Option(None, "--layer", "-l",
-                                        help="Target: layer name, index or tensor (default: logits of the first output)."),
+                                        help=f"Target: {_LAYER_HELP} (default: logits of the first output)."),
     modifier: Optional[str] = typer.Option(None, "--modifier", help="guided | deconvnet (ReLU family)."),
 ) -> None:
     """Save the gradient model: inputs + cotangent -> target, d(cotangent . target)/d input."""
     from .autodiff import gradient_model
-    from .fileio import save_model
+    from .fileio import check_outputs, save_model
     from .graph import load_model
 
+    check_outputs([output])
     loaded = _logits_unless_layer(load_model(model), layer)
-    g = gradient_model(loaded, of=_layer_key(layer), modifier=modifier)
+    g = gradient_model(loaded, of=layer, modifier=modifier)
     written = save_model(g, output)
     con = _console()
     con.print(f"inputs:  {', '.join(i.name for i in g.graph.input if i.name not in _init_names(g))}", markup=False)
     con.print(f"outputs: {', '.join(o.name for o in g.graph.output)}", markup=False)
     con.print(f"wrote {written} ({len(g.graph.node)} nodes)", markup=False)
-
-
-def _layer_key(layer: str | None) -> str | int | None:
-    """CLI layer text -> find_layer key: integers (also negative) are indices."""
-    if layer is None:
-        return None
-    try:
-        return int(layer)
-    except ValueError:
-        return layer
 
 
 def _logits_unless_layer(model, layer: str | None):
@@ -309,7 +409,7 @@ def _init_names(model) -> set[str]:
 def check(
     model: str = typer.Argument(..., help="ONNX model file."),
     layer: Optional[str] = typer.Option(None, "--layer", "-l",
-                                        help="Target: layer name, index or tensor (default: logits of the first output)."),
+                                        help=f"Target: {_LAYER_HELP} (default: logits of the first output)."),
     input_shape: Optional[str] = _INPUT_SHAPE_OPT,
     seed: int = typer.Option(0, "--seed", help="Seed of the random input and directions."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -324,7 +424,7 @@ def check(
     shapes = _parse_shapes(input_shape)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FallbackWarning)  # reported below as method "fd"
-        report = check_gradients(load_model(model), _layer_key(layer),
+        report = check_gradients(load_model(model), layer,
                                  input_shape=shapes[0] if shapes else None, seed=seed)
     if as_json:
         data = report.to_dict()
@@ -344,6 +444,21 @@ def check(
         raise typer.Exit(1)
 
 
+def _check_outputs(picture: Path | None = None, gif: Path | None = None, npy: Path | None = None) -> None:
+    """Refuse bad destinations before the work: a suffix that names no format we write, two outputs
+    naming one file, a directory or a device (see :func:`onnxviz.fileio.check_outputs`)."""
+    from .fileio import check_outputs, check_suffix
+    from .render import picture_format
+
+    check_outputs([picture, gif, npy])
+    if picture is not None:
+        picture_format(picture)
+    if gif is not None:
+        check_suffix(gif, (".gif",), "GIF")
+    if npy is not None:
+        check_suffix(npy, (".npy",), "array")
+
+
 def _parse_range(text: str | None) -> tuple[float, float] | None:
     """``0,1`` / ``-1,1`` / ``0,255`` -> (lo, hi): two finite numbers, lo < hi."""
     if text is None:
@@ -360,7 +475,7 @@ def _parse_range(text: str | None) -> tuple[float, float] | None:
 def maximize(
     model: str = typer.Argument(..., help="ONNX model file."),
     layer: Optional[str] = typer.Option(None, "--layer", "-l",
-                                        help="Layer name, index or tensor (default: the output layer, as logits)."),
+                                        help=f"Layer: {_LAYER_HELP} (default: the output layer, as logits)."),
     units: str = typer.Option("all", "--units", "-u", help="Units/channels: 3, 0-9, 1,4,7-9 or all."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="PNG grid of the images."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimization steps (default: by input kind)."),
@@ -401,9 +516,7 @@ def maximize(
         raise OnnxvizError(f"unknown --param {param!r} (choose pixel or fft)")
     if class_objective is not None:
         class_objective = class_objective.replace("-", "_")
-    for path in (output, gif, save_npy):
-        if path is not None and Path(path).is_dir():
-            raise OnnxvizError(f"cannot write '{path}': it is a directory")
+    _check_outputs(picture=output, gif=gif, npy=save_npy)
     if prior_weight is not None and not (prior_weight >= 0 and prior_weight < float("inf")):
         raise OnnxvizError(f"bad --prior-weight {prior_weight}: expected a finite number >= 0")
     if sanity and start is not None:
@@ -411,7 +524,7 @@ def maximize(
     shapes = _parse_shapes(input_shape)
     engine = Maximizer(model, gradient=gradient, providers=providers, input_range=_parse_range(input_range),
                        input_shape=shapes[0] if shapes else None, class_names=class_names)
-    key = _layer_key(layer)
+    key = layer
     unit_list = parse_units(units, engine.layer_size(key))
     start_image = None
     if start is not None:
@@ -541,9 +654,11 @@ def _attribution_command(family: str, model: str, images: list[str], methods: st
                          "occlusion")
             raise OnnxvizError(f"{name!r} is not a {family} method (use `onnxviz {other}`); "
                                f"choose: {', '.join(allowed)}")
-    for path in (output, save_npy):
-        if path is not None and Path(path).is_dir():
-            raise OnnxvizError(f"cannot write '{path}': it is a directory")
+    _check_outputs(picture=output, npy=save_npy)
+    from .render import check_alpha, colormap
+
+    colormap(cmap)  # both refused now, not after the work
+    check_alpha(alpha)
     shapes = _parse_shapes(input_shape)
     unit_key: Any = unit
     if unit is not None and "," in unit:
@@ -595,8 +710,8 @@ def _attribution_command(family: str, model: str, images: list[str], methods: st
 
 
 def _say(text: str) -> None:
-    """One plain line on stdout (no wrapping, no markup)."""
-    typer.echo(text)
+    """One plain line on stdout (no wrapping, no markup, control characters written out)."""
+    typer.echo(_printable(text))
 
 
 _IMAGES_ARG = typer.Argument(..., help="PNG / JPEG / NPY images (an NPY may hold a batch).")
@@ -651,8 +766,8 @@ def cam(
                                help="gradcam | gradcam++ | layercam | scorecam (also guided-gradcam); "
                                     "comma-separate several to compare."),
     layer: Optional[str] = typer.Option(None, "--layer", "-l",
-                                        help="Feature map: layer name, index or tensor (default: the last "
-                                             "spatial map before global pooling / flatten)."),
+                                        help=f"Feature map: {_LAYER_HELP} (default: the last spatial map "
+                                             "before global pooling / flatten)."),
     save_npy: Optional[Path] = _NPY_OPT,
     top_n: Optional[int] = typer.Option(None, "--top-n", help="Score-CAM: use only the N channels of largest variance."),
     metrics: bool = _METRICS_OPT,
@@ -670,7 +785,7 @@ def cam(
     """Class activation maps (Grad-CAM, Grad-CAM++, LayerCAM, Score-CAM) on a feature map."""
     _attribution_command("cam", model, images, method, output, save_npy, unit, metrics, sanity, input_shape,
                          input_range, providers, batch_size, gradient, seed, cmap, alpha,
-                         layer=_layer_key(layer), top_n=top_n, class_names=class_names)
+                         layer=layer, top_n=top_n, class_names=class_names)
 
 
 @command()
@@ -725,7 +840,7 @@ def demo(out: Path | None = None, console: Any = None) -> dict[str, Any]:
     folder = Path(out) if out is not None else Path("onnxviz-demo")
     path = shipped_model_path()
     model = load_model(path)
-    con.print(f"[bold]shipped model[/] {path}", soft_wrap=True)
+    con.print(f"[bold]shipped model[/] {path}", soft_wrap=True, markup=True)
     act = final_activation(model)
     if act is not None:
         con.print(f"to_logits: stripped {act.op_type} node {act.node!r}; class images maximize the logits "
@@ -809,6 +924,7 @@ def report(
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the HTML page."),
     layers: str = typer.Option("auto", "--layers", help="Comma-separated layers to visualize, or auto."),
     units_per_layer: int = typer.Option(8, "--units-per-layer", help="Channels shown per layer."),
+    classes: int = typer.Option(10, "--classes", help="Class pictures shown at most (spread over the classes)."),
     images: Optional[list[str]] = typer.Option(None, "--images", help="Images to explain (PNG/JPEG/NPY); repeatable."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimization steps (default: by input kind)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
@@ -824,13 +940,13 @@ def report(
     from .gradients import FallbackWarning
     from .report import write_report
 
-    if units_per_layer < 1:
-        raise OnnxvizError("--units-per-layer must be at least 1")
+    if units_per_layer < 1 or classes < 1:
+        raise OnnxvizError("--units-per-layer and --classes must be at least 1")
     chosen = "auto" if layers.strip() == "auto" else [l.strip() for l in layers.split(",") if l.strip()]
     options = dict(layers=chosen, units_per_layer=units_per_layer, images=images, steps=steps, seed=seed,
-                   providers=providers, prior=prior,
+                   providers=providers, prior=prior, classes=classes,
                    command=_command_text("report", model, "-o", output, "--layers", layers, "--units-per-layer",
-                                         units_per_layer, *[a for i in images or [] for a in ("--images", i)],
+                                         units_per_layer, "--classes", classes, *[a for i in images or [] for a in ("--images", i)],
                                          *(("--steps", steps) if steps is not None else ()), "--seed", seed,
                                          "--providers", providers, "--prior", prior,
                                          *(("--class-names", class_names) if class_names is not None else ())))
@@ -861,7 +977,10 @@ def report(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. Ctrl-C and SIGTERM both arrive as KeyboardInterrupt, so a
+    command's temp files are removed on the way out and it ends with one line (exit 130 / 143)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # replaces onnxviz/__init__'s start-up one
+    signal.signal(signal.SIGTERM, _on_sigterm)
     app(prog_name="onnxviz")
 
 

@@ -200,7 +200,13 @@ def _exact_ops() -> list:
         def _run(self, x):
             return (x.max(axis=tuple(range(2, x.ndim)), keepdims=True),)
 
-    return [Erf, Gelu, ConvTranspose, Pad, MaxPool, AveragePool, LRN, GroupNormalization, GlobalMaxPool]
+    class Mean(OpRun):  # the reference adds in place into the first operand: no broadcasting it up
+        op_domain = ""
+
+        def _run(self, *args):
+            return ((sum(args) / len(args)).astype(args[0].dtype),)
+
+    return [Erf, Gelu, ConvTranspose, Pad, MaxPool, AveragePool, LRN, GroupNormalization, GlobalMaxPool, Mean]
 
 
 def _explicit_conv_transpose_pads(spatial, kernel, attrs: dict) -> dict:

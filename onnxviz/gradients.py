@@ -26,14 +26,14 @@ class FallbackWarning(UserWarning):
 
 
 def concrete_input_shape(shape: Sequence, input_shape: Sequence[int] | None = None,
-                         batch: int = 1) -> tuple[int, ...]:
-    """A runnable shape: ``input_shape`` when given, else ``shape`` with a symbolic first dim as
-    ``batch``. Other unknown dims need ``input_shape`` (ShapeError)."""
+                         batch: int = 1, name: str = "x") -> tuple[int, ...]:
+    """A runnable shape: ``input_shape`` when given (checked against ``shape``'s rank and fixed dims
+    by :func:`~onnxviz.graph.check_input_shape`), else ``shape`` with a symbolic first dim as
+    ``batch``. Other unknown dims need ``input_shape`` (ShapeError). ``name``: the input's, for messages."""
     if input_shape is not None:
-        input_shape = tuple(int(d) for d in input_shape)
-        if shape is not None and len(shape) != len(input_shape):
-            raise ShapeError(f"--input-shape has rank {len(input_shape)} but the model input has rank {len(shape)}")
-        return input_shape
+        from .graph import check_input_shape
+
+        return check_input_shape(name, shape, input_shape)
     if shape is None:
         raise ShapeError("the model input has no known shape; give --input-shape")
     out = []
@@ -62,6 +62,7 @@ class GradientFunction:
                  providers: str = "auto", extra_feeds: dict[str, np.ndarray] | None = None,
                  fd_samples: int = 64, seed: int = 0):
         from .autodiff import gradient_model, plan, prepare
+        from .graph import check_one_input
         from .runtime import make_session
 
         if method not in METHODS:
@@ -74,6 +75,7 @@ class GradientFunction:
             raise OnnxvizError(f"model has no input '{self.input_name}' (inputs: {', '.join(inputs)})")
         self.target_name = target
         self.extra_feeds = dict(extra_feeds or {})
+        check_one_input(prepared, self.input_name, self.extra_feeds)
         self.unsupported: dict[str, list[str]] = plan(prepared, target, [self.input_name]).unsupported
         if method == "auto" and self.unsupported:
             if modifier is not None:

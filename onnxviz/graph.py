@@ -1,5 +1,6 @@
-"""Model inspection: load and validate, infer shapes, the layer table, ``find_layer``, input layout
-and value range, and the ``onnxviz.*`` metadata keys.
+"""Model inspection: load and validate, infer shapes, the node table and the layers as the framework
+knew them (``model_layers``), ``find_layer``, input layout and value range, and the ``onnxviz.*``
+metadata keys.
 
 Everything here reads a model and never changes the caller's ``ModelProto``; functions that return a
 model return a new one.
@@ -22,12 +23,13 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .errors import LayerNotFoundError, ModelLoadError, OnnxvizError
+from .errors import LayerNotFoundError, ModelLoadError, OnnxvizError, ShapeError
 
 __all__ = [
     "META_CLASSES", "META_LAYOUT", "META_RANGE", "META_RANGE_SOURCE", "META_SOURCE", "DEFAULT_VALUE_RANGE",
-    "Shape", "Layer", "InputInfo", "ModelSource",
-    "load_model", "infer_shapes", "layer_table", "tensor_shape", "tensor_dtype", "find_layer",
+    "Shape", "Layer", "ModelLayer", "InputInfo", "ModelSource",
+    "load_model", "infer_shapes", "layer_table", "model_layers", "model_layer", "layer_output",
+    "tensor_shape", "tensor_dtype", "find_layer",
     "layer_names", "input_info", "metadata", "set_metadata", "class_names", "opset_version",
     "parameter_count", "model_summary", "check_value_range", "RANGE_SOURCES", "read_class_names",
     "check_class_names", "output_units",
@@ -89,6 +91,11 @@ def load_model(source: ModelSource, *, check: bool = True) -> onnx.ModelProto:
         raise ModelLoadError(f"cannot read model {label}: no such file")
     if path.is_dir():
         raise ModelLoadError(f"cannot read model {label}: it is a directory, not an ONNX file")
+    if not path.is_file():  # /dev/zero would be read forever
+        raise ModelLoadError(f"cannot read model {label}: not a regular file (a device, pipe or socket)")
+    if path.stat().st_size > 2**31:
+        raise ModelLoadError(f"cannot read model {label}: {path.stat().st_size:,} bytes, over the 2 GB an ONNX "
+                             "file can hold (larger models keep their weights in external data)")
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -346,19 +353,34 @@ def _node_scopes(node: onnx.NodeProto, stripped_first: bool) -> list[tuple[int, 
     if stripped_first:
         return keys
     # PyTorch module paths (from the name, or from the dynamo exporter's metadata)
-    torch_scopes: list[str] = list(scope)
+    scopes = _listed(node, _TORCH_SCOPES)
+    keys += [(exact_pri, m) for m in _module_chain([s for s in scopes if s] if scopes is not None else scope)]
+    return keys
+
+
+_TORCH_SCOPES = "pkg.torch.onnx.name_scopes"
+
+
+def _listed(node: onnx.NodeProto, key: str) -> list[str] | None:
+    """A node metadata value holding a Python list of strings (the torch exporter's), else None."""
     for p in node.metadata_props:
-        if p.key == "pkg.torch.onnx.name_scopes":
+        if p.key == key:
             try:
                 value = ast.literal_eval(p.value)
-                torch_scopes = [str(s) for s in value if s]
             except (ValueError, SyntaxError):
-                pass
-    module = ""
-    for seg in torch_scopes:
-        module = seg if (not module or seg.startswith(module + ".")) else f"{module}.{seg}"
-        keys.append((exact_pri, module))
-    return keys
+                return None
+            return [str(s) for s in value] if isinstance(value, (list, tuple)) else None
+    return None
+
+
+def _module_chain(segments: Iterable[str]) -> list[str]:
+    """Module paths of nested scopes: ``layer4, layer4.1, conv2`` (or ``layer4, 1, conv2``) ->
+    ``layer4``, ``layer4.1``, ``layer4.1.conv2``."""
+    chain: list[str] = []
+    for seg in segments:
+        module = chain[-1] if chain else ""
+        chain.append(seg if (not module or seg.startswith(module + ".")) else f"{module}.{seg}")
+    return chain
 
 
 def _scope(name: str) -> list[str]:
@@ -386,27 +408,42 @@ def _names_are_uniquified(model: onnx.ModelProto) -> bool:
     ``conv2d_1/BiasAdd``, and keeps the uniquified path in the tensor names only. Only the first
     kind has the model scope, uniquified, as the first segment of every scoped node.
     """
-    producer = model.producer_name.lower()
-    if not any(producer.startswith(p) for p in _KERAS_PRODUCERS):
+    if not _is_keras(model):
         return False
     firsts = [scope[0] for scope in (_scope(n.name) for n in model.graph.node) if scope]
     return bool(firsts) and all(_UNIQ.search(f) for f in firsts)
 
 
 def find_layer(model: onnx.ModelProto, key: str | int) -> Layer:
-    """The node that ``key`` names, tried in this order:
+    """The node that ``key`` names; names come first, tried in this order:
 
     1. an ``int`` index (negative counts from the end, like Python);
     2. an exact node name;
     3. a tensor name (the node producing it);
-    4. a string that is an integer index;
-    5. a layer/scope name: a Keras layer name (``preds``, ``conv2d_1``) despite the export's
-       ``_<digits>`` uniquifiers, a scope path (``sequential/preds``), or a PyTorch module path
-       (``layer4.1.conv2``). A name covering several nodes gives the LAST of them in topological
-       order (``preds`` → its Softmax), i.e. the layer's output.
+    4. a layer as :func:`model_layers` lists it (``preds``, ``conv2d_1``, ``layer4.1.conv2``): the
+       node producing the layer's output;
+    5. a scope name: a Keras layer name despite the export's ``_<digits>`` uniquifiers, a scope
+       path (``sequential/preds``), or a PyTorch module path (``layer4``, ``layer4.1``). A name
+       covering several nodes gives the LAST of them in topological order (its output);
+    6. a text that is an integer (``"3"``, ``"-1"``) and names nothing above: a node index. Such a
+       text is never matched against scope segments, and when it is the name of a graph input or
+       weight (opset-6 PyTorch exports number their values) it is ambiguous and refused.
 
     Anything else raises :class:`LayerNotFoundError` listing the closest names.
     """
+    return _layer(model, _resolve(model, key)[0])
+
+
+def layer_output(model: onnx.ModelProto, key: str | int) -> str:
+    """The tensor ``key`` names: a tensor name is itself; else, in :func:`find_layer`'s order, a
+    node's first output, a layer's ``output`` (``preds`` -> ``Identity:0``), a node index's first output."""
+    if isinstance(key, str) and any(key in node.output for node in model.graph.node):
+        return key
+    return _resolve(model, key)[1]
+
+
+def _resolve(model: onnx.ModelProto, key: str | int) -> tuple[int, str]:
+    """(node index, tensor) for ``key`` (see :func:`find_layer`)."""
     nodes = model.graph.node
     if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
         return _by_index(model, int(key))
@@ -414,13 +451,21 @@ def find_layer(model: onnx.ModelProto, key: str | int) -> Layer:
         raise LayerNotFoundError(f"layer key must be a name or an index, not {type(key).__name__}")
     for i, node in enumerate(nodes):
         if node.name == key:
-            return _layer(model, i)
+            return i, _first_output(node)
     for i, node in enumerate(nodes):
         if key in node.output:
-            return _layer(model, i)
+            return i, key
+    groups = _groups(model, _value_types(infer_shapes(model)))
+    for name, _, at, tensor in groups:
+        if name == key:
+            return at, tensor
+    values = {i.name for i in model.graph.input} | {t.name for t in model.graph.initializer}
     if re.fullmatch(r"[+-]?\d+", key.strip()):
+        if key in values:
+            raise LayerNotFoundError(f"{key!r} is a graph input or weight of the model, not a layer output; "
+                                     "for a node by index give its output tensor (`onnxviz layers MODEL --nodes`)")
         return _by_index(model, int(key))
-    if key in {i.name for i in model.graph.input} | {t.name for t in model.graph.initializer}:
+    if key in values:
         raise LayerNotFoundError(f"{key!r} is a graph input or weight, not the output of a layer")
     want = key.strip().strip("/")
     best: tuple[int, int] | None = None  # (priority, -index)
@@ -430,18 +475,199 @@ def find_layer(model: onnx.ModelProto, key: str | int) -> Layer:
             if scope == want and (best is None or (pri, -i) < best):
                 best = (pri, -i)
     if best is not None:
-        return _layer(model, -best[1])
-    candidates = layer_names(model) + [n.name for n in nodes if n.name]
+        return -best[1], _first_output(nodes[-best[1]])
+    candidates = [g[0] for g in groups] + layer_names(model) + [n.name for n in nodes if n.name]
     raise LayerNotFoundError(_not_found("layer", key, candidates,
                                         hint="run `onnxviz layers MODEL` to list them"))
 
 
-def _by_index(model: onnx.ModelProto, index: int) -> Layer:
+def _first_output(node: onnx.NodeProto) -> str:
+    return node.output[0] if node.output else ""
+
+
+def _by_index(model: onnx.ModelProto, index: int) -> tuple[int, str]:
     n = len(model.graph.node)
     if not -n <= index < n:
         raise LayerNotFoundError(f"layer index {index} out of range: the model has {n} nodes "
                                  f"(valid: {-n}..{n - 1})")
-    return _layer(model, index % n)
+    return index % n, _first_output(model.graph.node[index % n])
+
+
+# ------------------------------------------------------------------------ layers as users know them
+@dataclass(frozen=True)
+class ModelLayer:
+    """A layer as the framework that exported the model knew it (a Keras layer, a PyTorch module),
+    or a graph input (``kind == "input"``, no nodes).
+
+    ``output``: the last tensor its nodes produce that is read outside it or is a graph output (a
+    data tensor before a shape one); a module whose submodules have rows of their own spans them
+    (a ResNet block ``layer4.1``: its own Add, and the block's output after ``layer4.1.relu``).
+    ``parameters``: elements of the initializers its nodes read, each counted in the first layer
+    reading it; shapes, axes and indices are left out (int64/bool initializers, and those read by
+    nodes that compute shapes). ``op_types``: its nodes' distinct op types, data ops first, then
+    the ops that only compute shapes. ``nodes``: the indices of its nodes in the graph
+    (``node_names`` their names).
+    """
+
+    name: str
+    kind: str  # "layer" | "input"
+    output: str
+    shape: Shape | None
+    parameters: int
+    op_types: tuple[str, ...]
+    nodes: tuple[int, ...]
+    node_names: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: name, kind, output, shape, parameters, op_types, nodes, node_names."""
+        return {"name": self.name, "kind": self.kind, "output": self.output,
+                "shape": None if self.shape is None else list(self.shape), "parameters": self.parameters,
+                "op_types": list(self.op_types), "nodes": list(self.nodes), "node_names": list(self.node_names)}
+
+
+def model_layers(model: onnx.ModelProto) -> list[ModelLayer]:
+    """The layers as the model's framework knew them — what Keras' ``model.summary()`` lists —
+    after one row per graph input, in the graph order of their outputs.
+
+    Nodes are grouped by the names exporters give them. Keras / TensorFlow (tf2onnx): the first
+    scope segment below the model scopes all nodes share (``conv2d_1/BiasAdd`` and the raw export's
+    ``sequential_1/conv2d_1_2/convolution`` are in layer ``conv2d_1``). PyTorch: the innermost
+    module, from the exporters' node metadata (``pkg.torch.onnx.name_scopes``, ``namespace``), a
+    parameter the node reads (``fc.weight``) or the TorchScript name (``/features/features.0/Conv``
+    -> ``features.0``). Other producers: the node name's scope path. A node outside every scope
+    that only computes shapes or indices (a Constant, or int64/int32/bool outputs: Shape, Gather,
+    Concat ...), or that tf2onnx added (``Transpose__30``), joins the layer reading its output; any
+    other node outside every scope is a layer of its own, named as the node (or its output).
+    """
+    types = _value_types(infer_shapes(model))
+    inits = {t.name: t for t in model.graph.initializer}
+    rows = [ModelLayer(i.name, "input", i.name, types.get(i.name, (0, None))[1], 0, (), (), ())
+            for i in model.graph.input if i.name not in inits]
+    nodes = model.graph.node
+    # shapes, axes and indices are no parameters: int64/bool initializers, and what shape ops read
+    counted = {t.name for t in inits.values() if t.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.BOOL)}
+    counted.update(t for n in nodes if _is_plumbing(n, types) for t in n.input)
+    for name, indices, _, tensor in _groups(model, types):
+        params = 0
+        for t in (t for i in indices for t in nodes[i].input):
+            if t in inits and t not in counted:
+                counted.add(t)
+                params += int(np.prod([int(d) for d in inits[t].dims]))
+        ops = sorted(indices, key=lambda i: _is_plumbing(nodes[i], types))  # stable: data ops first
+        rows.append(ModelLayer(name, "layer", tensor, types.get(tensor, (0, None))[1], params,
+                               tuple(dict.fromkeys(_op_label(nodes[i]) for i in ops)), tuple(indices),
+                               tuple(nodes[i].name for i in indices)))
+    return rows
+
+
+def model_layer(model: onnx.ModelProto, key: str | int) -> ModelLayer:
+    """The row of :func:`model_layers` that ``key`` names (a layer or graph input name), else the
+    row holding the node :func:`find_layer` finds for it."""
+    rows = model_layers(model)
+    for row in rows:
+        if row.name == key:
+            return row
+    index = _resolve(model, key)[0]
+    return next(row for row in rows if index in row.nodes)
+
+
+def _op_label(node: onnx.NodeProto) -> str:
+    return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+
+
+_INDEX_TYPES = (onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.BOOL)
+_TF2ONNX_ADDED = re.compile(r"__\d+$")  # tf2onnx's names for the nodes it adds: Transpose__30
+_TORCH_PARAM = re.compile(r"[A-Za-z_]\w*(?:\.\w+)+")  # features.0.weight (not onnx::Conv_27)
+
+
+def _is_plumbing(node: onnx.NodeProto, types: dict[str, tuple[int, Shape | None]]) -> bool:
+    """A Constant, or a node whose outputs are all shapes / indices / masks."""
+    outs = [o for o in node.output if o]
+    return node.op_type == "Constant" or (bool(outs) and all(types.get(o, (0,))[0] in _INDEX_TYPES for o in outs))
+
+
+def _groups(model: onnx.ModelProto, types: dict[str, tuple[int, Shape | None]]
+            ) -> list[tuple[str, list[int], int, str]]:
+    """(layer name, node indices, index of the node producing the output, output tensor) per layer,
+    in the order of their outputs (see :func:`model_layers`)."""
+    nodes = model.graph.node
+    readers: dict[str, list[int]] = {}
+    for j, node in enumerate(nodes):
+        for t in node.input:
+            readers.setdefault(t, []).append(j)
+    keys, sep = _scope_keys(model)
+    scoped = {k for k in keys if k is not None}
+    for i in range(len(nodes) - 1, -1, -1):  # readers come later in the graph: already keyed
+        node = nodes[i]
+        if keys[i] is None and (_is_plumbing(node, types) or (_is_keras(model) and _TF2ONNX_ADDED.search(node.name))):
+            keys[i] = next((keys[j] for t in node.output if t for j in readers.get(t, ()) if keys[j]), None)
+        if keys[i] is None:
+            keys[i] = node.name or _first_output(node) or f"{node.op_type}_{i}"
+    members: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        members.setdefault(key, []).append(i)
+    subtree = {k: set(v) for k, v in members.items()}  # a module with rows of its own below it spans them
+    for key in scoped if sep else ():
+        parts = key.split(sep)
+        for n in range(1, len(parts)):
+            if sep.join(parts[:n]) in scoped:
+                subtree[sep.join(parts[:n])].update(members[key])
+    graph_outputs = {o.name for o in model.graph.output}
+    groups = []
+    for name, indices in members.items():
+        span = subtree[name]
+        leaving = [(i, t) for i in sorted(span) for t in nodes[i].output if t and (
+            t in graph_outputs or any(j not in span for j in readers.get(t, ())))]
+        data = [(i, t) for i, t in leaving if types.get(t, (0,))[0] not in _INDEX_TYPES]
+        at, tensor = (data or leaving or [(indices[-1], _first_output(nodes[indices[-1]]))])[-1]
+        groups.append((at, len(span), name, indices, tensor))
+    return [(name, indices, at, tensor) for at, _, name, indices, tensor in sorted(groups)]  # a module after its parts
+
+
+def _is_keras(model: onnx.ModelProto) -> bool:
+    return any(model.producer_name.lower().startswith(p) for p in _KERAS_PRODUCERS)
+
+
+def _scope_keys(model: onnx.ModelProto) -> tuple[list[str | None], str | None]:
+    """Per node: the layer its name or metadata puts it in, ``None`` when outside every scope; and
+    the separator of nested layer names (``layer4.1.conv2``, ``a/b``), ``None`` for Keras layers."""
+    nodes = model.graph.node
+    if model.producer_name.lower().startswith("pytorch") or any(_listed(n, _TORCH_SCOPES) is not None for n in nodes):
+        params = {t.name for t in model.graph.initializer}
+        return [_torch_module(n, params) for n in nodes], "."
+    scopes = [_scope(n.name) for n in nodes]
+    if not _is_keras(model):
+        return ["/".join(s) or None for s in scopes], "/"
+    scoped = [s for s in scopes if s]
+    drop = 0  # model scopes around every node (sequential_1/, StatefulPartitionedCall/)
+    while scoped and drop < min(map(len, scoped)) - 1 and len({s[drop] for s in scoped}) == 1:
+        drop += 1
+    strip = _names_are_uniquified(model)
+    return [(_UNIQ.sub("", s[drop]) if strip else s[drop]) if s else None for s in scopes], None
+
+
+def _torch_module(node: onnx.NodeProto, params: set[str]) -> str | None:
+    """The innermost PyTorch module of a node, ``None`` outside every module, as onnxviz's torch
+    converter names nodes: the owner of a parameter it reads (``features.0.weight`` ->
+    ``features.0``: a Conv with a BatchNorm folded in is the conv's), else the scopes in its
+    metadata (``pkg.torch.onnx.name_scopes``, then ``namespace``), else its TorchScript name."""
+    text = next((p.value for p in node.metadata_props if p.key == "namespace"), None)
+    namespace = None if text is None else [e.split(":", 1)[0].strip() for e in text.split("/")]
+    owner = next((t.rsplit(".", 1)[0] for t in node.input if t in params and _TORCH_PARAM.fullmatch(t)), "")
+    for scopes in ([owner], _modules_only(_listed(node, _TORCH_SCOPES)), _modules_only(namespace), _scope(node.name)):
+        chain = _module_chain(s for s in scopes if s)
+        if chain:
+            return chain[-1]
+    return None
+
+
+def _modules_only(scopes: list[str] | None) -> list[str]:
+    """The modules of a scope list: the dynamo exporter's start with the root module (``''``) and
+    end with the op's own name (``['', 'features', 'features.2', 'relu']``); onnxviz's converter
+    writes modules only."""
+    if not scopes:
+        return []
+    return scopes[1:-1] if scopes[0] == "" else scopes
 
 
 def _not_found(what: str, key: str, candidates: Iterable[str], hint: str = "") -> str:
@@ -568,6 +794,43 @@ def check_value_range(values: Any, what: str = "input range") -> tuple[float, fl
     if not lo < hi:
         raise OnnxvizError(f"bad {what}: [{lo:g}, {hi:g}]: the low end must be below the high end")
     return lo, hi
+
+
+#: The most values an input (every dim, batch included) may hold: 2**26 float32 is 256 MiB, far
+#: above any image model's input (224x224x3 is 150,528), far below a typo's (100000x100000 is 37 GiB).
+MAX_INPUT_VALUES = 2**26
+
+
+def check_input_shape(name: str, model_shape: Shape | None, given: Iterable[int]) -> tuple[int, ...]:
+    """``given`` (every dim of input ``name``, batch first) as ints, checked before anything runs:
+    positive, the rank and every fixed dim of ``model_shape`` matched (onnxruntime would fail later
+    with an opaque error), at most :data:`MAX_INPUT_VALUES` values (no gigabyte allocations)."""
+    dims = tuple(int(d) for d in given)
+    shown = ",".join(map(str, dims))
+    if not dims or any(d < 1 for d in dims):
+        raise ShapeError(f"bad --input-shape {shown}: every dim must be a positive integer")
+    if model_shape is not None:
+        if len(model_shape) != len(dims):
+            raise ShapeError(f"--input-shape {shown} has rank {len(dims)} but input {name!r} has rank "
+                             f"{len(model_shape)} {tuple(model_shape)}")
+        for axis, (fixed, dim) in enumerate(zip(model_shape, dims)):
+            if isinstance(fixed, int) and fixed > 0 and fixed != dim:
+                raise ShapeError(f"--input-shape {shown} does not fit input {name!r} of shape {tuple(model_shape)}: "
+                                 f"axis {axis} is fixed at {fixed}")
+    if math.prod(dims) > MAX_INPUT_VALUES:
+        raise ShapeError(f"--input-shape {shown} holds {math.prod(dims):,} values; onnxviz takes at most "
+                         f"{MAX_INPUT_VALUES:,} per input (e.g. 1,3,4096,4096)")
+    return dims
+
+
+def check_one_input(model: onnx.ModelProto, name: str, fed: Iterable[str] = ()) -> None:
+    """Refuse a model that needs graph inputs besides ``name`` (and those in ``fed``): onnxviz
+    feeds one image input, and onnxruntime would only fail later, on the missing feed."""
+    inits = {t.name for t in model.graph.initializer}
+    others = [i.name for i in model.graph.input if i.name not in inits and i.name != name and i.name not in set(fed)]
+    if others:
+        raise OnnxvizError(f"the model needs {len(others) + 1} inputs ({', '.join([name, *others])}): onnxviz feeds "
+                           f"one image input ({name!r}) and has nothing to give {', '.join(map(repr, others))}")
 
 
 def _guess_layout(model: onnx.ModelProto, name: str, shape: Shape | None) -> str | None:

@@ -118,10 +118,16 @@ def model_input(model: onnx.ModelProto, input_name: str | None = None,
     full = info.shape
     batch = full[0] if full and isinstance(full[0], int) and full[0] > 0 else None
     if input_shape is not None:
-        dims = tuple(int(d) for d in input_shape)
-        if full is not None and len(dims) == len(full):
-            batch = dims[0] if full[0] == dims[0] and isinstance(full[0], int) else batch
-            dims = dims[1:]
+        from .graph import check_input_shape
+
+        dims = tuple(input_shape)
+        if full is not None and len(dims) == len(full) - 1:  # given without the batch dim
+            dims = check_input_shape(info.name, full[1:], dims)
+        else:  # fixed dims and rank must match: onnxruntime would fail later, less clearly
+            dims = check_input_shape(info.name, full, dims)
+            if full is not None:
+                batch = dims[0] if full[0] == dims[0] and isinstance(full[0], int) else batch
+                dims = dims[1:]
         shape = dims
     else:
         if full is None:
@@ -205,9 +211,10 @@ def _read(path: Path) -> _Raw:
         raise ImageError(f"cannot read image '{path}': no such file")
     if path.is_dir():
         raise ImageError(f"cannot read image '{path}': it is a directory")
-    if path.suffix.lower() == ".npy":
-        return _read_npy(path)
-    return _read_picture(path)
+    raw = _read_npy(path) if path.suffix.lower() == ".npy" else _read_picture(path)
+    if raw.pixels.dtype.kind == "f" and not np.isfinite(raw.pixels).all():  # NaN would run through silently
+        raise ImageError(f"cannot read image '{path}': it holds NaN or infinite values")
+    return raw
 
 
 def _read_picture(path: Path) -> _Raw:
@@ -234,6 +241,9 @@ def _read_picture(path: Path) -> _Raw:
                 pixels, colour, scale = np.asarray(im.convert("RGBA")), "RGBA", 255.0
             else:  # RGB, P, CMYK, YCbCr, HSV ...
                 pixels, colour, scale = np.asarray(im.convert("RGB")), "RGB", 255.0
+    except Image.DecompressionBombError as e:  # a small file that decodes to gigabytes
+        raise ImageError(f"cannot read image '{path}': too large to decode safely "
+                         f"({str(e).split(',')[0]})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         reason = "not a PNG/JPEG image" if isinstance(e, UnidentifiedImageError) else (
             " ".join(str(e).split()) or type(e).__name__)

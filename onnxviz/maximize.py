@@ -155,6 +155,20 @@ def default_settings(channels: int, h: int, w: int) -> Settings:
 
 
 # ----------------------------------------------------------------------------------- units
+#: The most units one job may name (a typo like ``0-99999999999`` must fail, not fill the memory).
+MAX_UNITS = 100_000
+
+
+def _check_unit_bounds(lo: int, hi: int, count: int | None, before: int) -> None:
+    """Refuse a unit range outside the layer or longer than :data:`MAX_UNITS` before building it."""
+    if count is not None:
+        for v in (lo, hi):
+            if not -count <= v < count:
+                raise OnnxvizError(f"unit {v} out of range: the layer has {count} units (0..{count - 1})")
+    if before + hi - lo + 1 > MAX_UNITS:
+        raise OnnxvizError(f"too many units ({before + hi - lo + 1:,}): at most {MAX_UNITS:,} per job")
+
+
 def parse_units(spec: Any, count: int | None = None) -> list[int]:
     """Units from an int, a sequence, or text: ``"3"``, ``"0-9"``, ``"1,4,7-9"``, ``"all"``
     (needs ``count``). Negative indices count from the end when ``count`` is known."""
@@ -175,6 +189,7 @@ def parse_units(spec: Any, count: int | None = None) -> list[int]:
                     lo, hi = int(part[:cut]), int(part[cut + 1:])
                     if hi < lo:
                         raise OnnxvizError(f"bad unit range {part!r}: end before start")
+                    _check_unit_bounds(lo, hi, count, len(values))
                     values.extend(range(lo, hi + 1))
                 else:
                     values.append(int(part))
@@ -443,8 +458,8 @@ class Maximizer:
             raise OnnxvizError(f"the seed must be an integer >= 0, not {seed!r}")
         if cfg.steps < 1:
             raise OnnxvizError("steps must be >= 1")
-        if not cfg.lr > 0:
-            raise OnnxvizError("the learning rate must be > 0")
+        if not 0 < cfg.lr < math.inf:
+            raise OnnxvizError(f"the learning rate must be a finite number > 0, not {cfg.lr}")
         if batch_size is not None and batch_size < 1:
             raise OnnxvizError("batch size must be >= 1")
         if images_per_unit < 1:

@@ -141,7 +141,7 @@ def _softmax_axis(model: onnx.ModelProto, ref: LayerRef) -> int:
 
 
 def _resolve_logits(model: onnx.ModelProto, ref: LayerRef) -> tuple[onnx.ModelProto, str, str | None]:
-    from .graph import find_layer
+    from .graph import layer_output
     from .rewrite import final_activation, to_logits
 
     outputs = [o.name for o in model.graph.output]
@@ -151,7 +151,7 @@ def _resolve_logits(model: onnx.ModelProto, ref: LayerRef) -> tuple[onnx.ModelPr
     elif isinstance(key, str) and (key in outputs or key in _producers(model)):
         tensor = key
     else:
-        tensor = find_layer(model, key).output
+        tensor = layer_output(model, key)
     if not ref.logits:
         return model, tensor, None
     if tensor in outputs:

@@ -1,5 +1,6 @@
 """Pictures of what a model learned: labelled PNG grids, GIFs of an optimization, heatmap overlays,
-and raw ``.npy`` arrays. Every file is written whole or not at all (temp file, then rename).
+and raw ``.npy`` arrays. Every file is written whole or not at all (temp file, then rename), in
+the format its suffix names (``.png``, ``.jpg``/``.jpeg``, ``.gif``, ``.npy``; others are refused).
 
 Images come in the model's own layout (``NCHW``/``NHWC``/...) and value range; :func:`to_display`
 turns them into ``uint8`` HWC pictures.
@@ -7,6 +8,7 @@ turns them into ``uint8`` HWC pictures.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -14,9 +16,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import OnnxvizError
-from .fileio import atomic_output
+from .fileio import check_suffix, write_files
 
-__all__ = ["to_display", "grid_image", "save_grid", "save_png", "save_gif", "overlay", "save_npy", "save_image", "save_result"]
+__all__ = ["to_display", "grid_image", "save_grid", "save_png", "save_gif", "overlay", "save_npy", "save_image", "save_result",
+           "PICTURE_FORMATS", "picture_format", "picture_bytes", "gif_bytes", "npy_bytes", "colormap", "check_alpha"]
 
 _BACKGROUND = (255, 255, 255)
 _TEXT = (20, 20, 20)
@@ -119,11 +122,29 @@ def _fit(draw, text: str, font, width: int) -> str:
     return text + "…"
 
 
-def _save_pil(image, path: str | os.PathLike, fmt: str, **options: Any) -> Path:
-    target = Path(os.fspath(path))
-    with atomic_output(target) as tmp:
-        image.save(tmp, format=fmt, **options)
-    return target
+#: Picture file suffixes and the Pillow format each is written in.
+PICTURE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+
+
+def picture_format(path: str | os.PathLike) -> str:
+    """The Pillow format of a picture file named ``path``, from its suffix; other suffixes are
+    refused (an ``x.jpg`` holding PNG bytes misleads every viewer)."""
+    return PICTURE_FORMATS[check_suffix(path, tuple(PICTURE_FORMATS), "picture").suffix.lower()]
+
+
+def picture_bytes(image, path: str | os.PathLike) -> bytes:
+    """A Pillow image encoded in the format ``path``'s suffix names (:func:`picture_format`)."""
+    fmt = picture_format(path)
+    buf = io.BytesIO()
+    if fmt == "JPEG":
+        image.convert("RGB").save(buf, format=fmt, quality=95)
+    else:
+        image.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _save_pil(image, path: str | os.PathLike) -> Path:
+    return write_files([(path, picture_bytes(image, path))])[0]
 
 
 def faded(images: np.ndarray, alpha: np.ndarray, layout: str = "NHWC",
@@ -136,23 +157,23 @@ def faded(images: np.ndarray, alpha: np.ndarray, layout: str = "NHWC",
 
 
 def save_png(path: str | os.PathLike, picture: Any) -> Path:
-    """Write a Pillow image as PNG, atomically."""
-    return _save_pil(picture, path, "PNG")
+    """Write a Pillow image atomically, as PNG (or JPEG for a ``.jpg`` name: the suffix decides)."""
+    return _save_pil(picture, path)
 
 
 def save_grid(path: str | os.PathLike, images: np.ndarray, labels: Sequence[str] | None = None, **options: Any) -> Path:
-    """Write :func:`grid_image` as a PNG (atomically); returns the path."""
-    return _save_pil(grid_image(images, labels, **options), path, "PNG")
+    """Write :func:`grid_image` as a PNG or JPEG by suffix (atomically); returns the path."""
+    return _save_pil(grid_image(images, labels, **options), path)
 
 
 def save_image(path: str | os.PathLike, image: np.ndarray) -> Path:
-    """Write one ``(H, W)``/``(H, W, 3)`` uint8 picture as PNG (atomically)."""
+    """Write one ``(H, W)``/``(H, W, 3)`` uint8 picture as PNG or JPEG by suffix (atomically)."""
     from PIL import Image
 
     arr = np.asarray(image)
     if arr.dtype != np.uint8:
         raise OnnxvizError("save_image expects a uint8 picture (use to_display or overlay)")
-    return _save_pil(Image.fromarray(arr), path, "PNG")
+    return _save_pil(Image.fromarray(arr), path)
 
 
 def save_gif(path: str | os.PathLike, frames: np.ndarray, labels: Sequence[str] | None = None, *,
@@ -160,6 +181,15 @@ def save_gif(path: str | os.PathLike, frames: np.ndarray, labels: Sequence[str] 
              **options: Any) -> Path:
     """An animated GIF of an optimization: ``frames`` is ``(T, n, ...)`` (grids of n images at T
     moments, as ``MaximizeResult.frames``); each frame is titled with its step when ``steps`` given."""
+    return write_files([(path, gif_bytes(path, frames, labels, steps=steps, duration_ms=duration_ms,
+                                         hold_last_ms=hold_last_ms, **options))])[0]
+
+
+def gif_bytes(path: str | os.PathLike, frames: np.ndarray, labels: Sequence[str] | None = None, *,
+              steps: Sequence[int] | None = None, duration_ms: int = 80, hold_last_ms: int = 1000,
+              **options: Any) -> bytes:
+    """The GIF :func:`save_gif` writes to ``path`` (which must end in ``.gif``), in memory."""
+    check_suffix(path, (".gif",), "GIF")
     frames = np.asarray(frames)
     if frames.ndim < 3 or len(frames) == 0:
         raise OnnxvizError("save_gif needs frames shaped (T, n, ...)")
@@ -169,11 +199,10 @@ def save_gif(path: str | os.PathLike, frames: np.ndarray, labels: Sequence[str] 
         pics.append(grid_image(batch, labels, title=title, **options))
     durations = [duration_ms] * len(pics)
     durations[-1] = max(duration_ms, hold_last_ms)
-    target = Path(os.fspath(path))
-    with atomic_output(target) as tmp:
-        pics[0].save(tmp, format="GIF", save_all=True, append_images=pics[1:], duration=durations, loop=0,
-                     optimize=False, disposal=1)
-    return target
+    buf = io.BytesIO()
+    pics[0].save(buf, format="GIF", save_all=True, append_images=pics[1:], duration=durations, loop=0,
+                 optimize=False, disposal=1)
+    return buf.getvalue()
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.5, cmap: str = "jet",
@@ -182,9 +211,9 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.5, cmap:
 
     The heatmap is stretched to its own min..max, resized bilinearly to the image and coloured with
     a matplotlib colormap; ``alpha`` is its opacity. For saliency and CAM maps."""
-    from matplotlib import colormaps
     from PIL import Image
 
+    cmap_fn, alpha = colormap(cmap), check_alpha(alpha)
     img = np.asarray(image)
     if img.ndim == 2:
         pic = to_display(img[None], "NHW", value_range)[0]
@@ -200,18 +229,39 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.5, cmap:
     heat = (heat - lo) / (hi - lo) if hi > lo else np.zeros_like(heat)
     if heat.shape != (h, w):
         heat = np.asarray(Image.fromarray(heat.astype(np.float32), "F").resize((w, h), Image.BILINEAR))
-    colored = colormaps[cmap](np.clip(heat, 0.0, 1.0))[..., :3] * 255.0
+    colored = cmap_fn(np.clip(heat, 0.0, 1.0))[..., :3] * 255.0
     out = (1.0 - alpha) * pic.astype(np.float64) + alpha * colored
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
+def colormap(name: str):
+    """The matplotlib colormap ``name``; an unknown name is an :class:`OnnxvizError` listing a few."""
+    from matplotlib import colormaps
+
+    try:
+        return colormaps[name]
+    except KeyError:
+        raise OnnxvizError(f"unknown colormap {name!r} (e.g. jet, viridis, magma, inferno, gray)") from None
+
+
+def check_alpha(alpha: float) -> float:
+    """An overlay opacity: a number in [0, 1] (NaN or 5 would paint garbage)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise OnnxvizError(f"bad opacity (--alpha) {alpha}: expected a number in [0, 1]")
+    return float(alpha)
+
+
+def npy_bytes(path: str | os.PathLike, array: np.ndarray) -> bytes:
+    """The ``.npy`` file :func:`save_npy` writes to ``path`` (which must end in ``.npy``), in memory."""
+    check_suffix(path, (".npy",), "array")
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array))
+    return buf.getvalue()
+
+
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
     """``numpy.save`` atomically (the file is complete or absent)."""
-    target = Path(os.fspath(path))
-    with atomic_output(target) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, np.asarray(array))
-    return target
+    return write_files([(path, npy_bytes(path, array))])[0]
 
 
 def save_result(result: Any, png: str | os.PathLike | None = None, gif: str | os.PathLike | None = None,
@@ -221,10 +271,10 @@ def save_result(result: Any, png: str | os.PathLike | None = None, gif: str | os
     """Write a :class:`~onnxviz.maximize.MaximizeResult`: a labelled PNG grid, a GIF of its
     recorded frames (needs ``record_every``), the raw images as ``.npy`` (model layout and range).
     ``start`` (feature accentuation's start image, model layout) leads the PNG grid as "start".
-    Every picture is drawn before any file is written, so a drawing error writes nothing. GIF tiles
-    are smaller (``gif_tile``) to keep the file small."""
+    Every file is encoded before any is written, and all are written or none (a bad or full second
+    destination leaves no first file). GIF tiles are smaller (``gif_tile``) to keep the file small."""
     options = dict(layout=result.layout, value_range=result.value_range, cols=cols, normalize=normalize)
-    planned: list[tuple[Path, Any]] = []
+    planned: list[tuple[Path, bytes]] = []
     if gif is not None and result.frames is None:
         raise OnnxvizError("no frames recorded for a GIF (run with record_every > 0)")
     if png is not None:
@@ -232,19 +282,17 @@ def save_result(result: Any, png: str | os.PathLike | None = None, gif: str | os
         if start is not None:
             images = np.concatenate([np.asarray(start, images.dtype).reshape((1,) + images.shape[1:]), images])
             labels = ["start"] + labels
-        planned.append((Path(os.fspath(png)), grid_image(images, labels, title=title, tile=tile, **options)))
+        target = Path(os.fspath(png))
+        planned.append((target, picture_bytes(grid_image(images, labels, title=title, tile=tile, **options), target)))
         alpha = getattr(result, "transparency", None)
         if alpha is not None:  # MACO's view: each image faded to white where its feature is not
-            target = Path(os.fspath(png))
-            planned.append((target.with_name(target.stem + ".transparency.png"), grid_image(
+            faded_path = target.with_name(target.stem + ".transparency" + target.suffix)
+            planned.append((faded_path, picture_bytes(grid_image(
                 faded(result.images, alpha, result.layout, result.value_range), result.labels, title=title,
-                tile=tile, layout="NHWC", value_range=(0.0, 1.0), cols=cols, normalize="range")))
-    written: list[Path] = []
-    for path, image in planned:
-        written.append(_save_pil(image, path, "PNG"))
+                tile=tile, layout="NHWC", value_range=(0.0, 1.0), cols=cols, normalize="range"), faded_path)))
     if gif is not None:
-        written.append(save_gif(gif, result.frames, result.labels, steps=result.frame_steps, tile=gif_tile,
-                                **options))
+        planned.append((Path(os.fspath(gif)), gif_bytes(gif, result.frames, result.labels, steps=result.frame_steps,
+                                                        tile=gif_tile, **options)))
     if npy is not None:
-        written.append(save_npy(npy, result.images))
-    return written
+        planned.append((Path(os.fspath(npy)), npy_bytes(npy, result.images)))
+    return write_files(planned)

@@ -46,6 +46,7 @@ class ReportRecord:
     notes: list[str] = field(default_factory=list)
     sanity: dict[str, Any] | None = None  # the class images' randomized-model control (fvsanity)
     prior: dict[str, Any] | None = None  # the image prior of the class pictures, if any
+    classes: list[int] = field(default_factory=list)  # the output units the class pictures show
 
 
 def conv_layers(model: onnx.ModelProto) -> list[str]:
@@ -69,13 +70,19 @@ def conv_layers(model: onnx.ModelProto) -> list[str]:
     return out
 
 
+def spread(n: int, count: int) -> list[int]:
+    """``count`` indices of ``range(n)`` evenly spread, first and last included (all when fewer)."""
+    if n <= count:
+        return list(range(n))
+    return list(dict.fromkeys(np.linspace(0, n - 1, count).round().astype(int).tolist()))
+
+
 def auto_layers(model: onnx.ModelProto, count: int = 3) -> list[str]:
     """A handful of conv layers spread over the network: the first, the last and evenly between."""
     convs = conv_layers(model)
     if len(convs) <= count:
         return convs
-    picks = np.linspace(0, len(convs) - 1, count).round().astype(int)
-    return [convs[i] for i in dict.fromkeys(picks.tolist())]
+    return [convs[i] for i in spread(len(convs), count)]
 
 
 def example_images(model: onnx.ModelProto, spec: Any, n: int = 4, seed: int = 0) -> tuple[np.ndarray, list[str]] | None:
@@ -200,18 +207,21 @@ def build_report(model: onnx.ModelProto | str | bytes, *, layers: Sequence[str] 
                  units_per_layer: int = 8, images: Sequence[str] | None = None, steps: int | None = None,
                  seed: int = 0, providers: str = "auto", command: str | None = None,
                  progress: Progress | None = None, sanity: bool = True,
-                 class_names: Any = None, prior: Any = "auto") -> tuple[str, ReportRecord]:
+                 class_names: Any = None, prior: Any = "auto", classes: int = 10) -> tuple[str, ReportRecord]:
     """Build the report page; returns (html, record). Nothing is written (see :func:`write_report`).
     ``sanity``: also run the randomized-model control of the class images (:mod:`onnxviz.fvsanity`).
     ``class_names`` (a list, a names file or ``"a,b,c"``) label the classes everywhere on the page
     over the metadata's ``onnxviz.class_names``. ``prior`` (as in :func:`~onnxviz.maximize.maximize`;
-    ``"auto"``: ``MODEL.prior.npz`` beside a model file) shapes the class pictures and their control."""
+    ``"auto"``: ``MODEL.prior.npz`` beside a model file) shapes the class pictures and their control.
+    ``classes``: at most this many class pictures, spread over the output units (all when fewer):
+    the work is bounded by the options, not by the model (a 1000-class model would otherwise
+    optimize, and randomize-check, 1000 images)."""
     import onnxruntime
 
     from . import __version__
     from .attribution import Attributor, attribute
     from .autodiff import plan, prepare
-    from .graph import META_CLASSES, check_class_names, find_layer, layer_table, load_model, model_summary
+    from .graph import META_CLASSES, check_class_names, layer_output, layer_table, load_model, model_summary
     from .graph import class_names as metadata_class_names
     from .graph import set_metadata
     from .images import load_images, model_input
@@ -220,6 +230,8 @@ def build_report(model: onnx.ModelProto | str | bytes, *, layers: Sequence[str] 
     from .rewrite import to_logits
     from .runtime import available_providers
 
+    if units_per_layer < 1 or classes < 1:
+        raise OnnxvizError("units_per_layer and classes must be at least 1")
     started = time.perf_counter()
     source_label = str(model) if isinstance(model, (str, Path)) else "model"
     source_path = Path(model) if isinstance(model, (str, Path)) else None
@@ -242,7 +254,7 @@ def build_report(model: onnx.ModelProto | str | bytes, *, layers: Sequence[str] 
     ops_in_path = sorted({n.op_type for n in the_plan.nodes})
 
     chosen = auto_layers(model) if layers == "auto" else [
-        find_layer(model, int(l) if str(l).lstrip("-").isdigit() else l).outputs[0] for l in layers]
+        layer_output(model, l) for l in layers]
     record = ReportRecord(model=source_label, layers=list(chosen), units_per_layer=units_per_layer,
                           images=[str(p) for p in images or []], seed=seed, steps=steps,
                           gradient_method="graph" if the_plan.supported else "fd",
@@ -301,21 +313,25 @@ def build_report(model: onnx.ModelProto | str | bytes, *, layers: Sequence[str] 
 
     # -- class visualizations -------------------------------------------------------------------
     report("classes", done, total)
-    classes = engine.run(None, None, steps=steps, seed=seed, prior=used_prior)
-    grid = grid_image(classes.images, classes.labels, layout=classes.layout, value_range=classes.value_range)
+    count = engine.layer_size(None)
+    record.classes = spread(count, classes)
+    shown = engine.run(None, record.classes, steps=steps, seed=seed, prior=used_prior)
+    grid = grid_image(shown.images, shown.labels, layout=shown.layout, value_range=shown.value_range)
     how = (f"with a {used_prior.kind} image prior fitted on {used_prior.samples:,} sample images"
            if used_prior is not None else "no image prior")
+    which = f"{len(shown.labels)} output units" if len(shown.labels) == count else \
+        f"{len(shown.labels)} of {count} output units (spread evenly)"
     parts.append(_section("classes", "What each class looks like to the model",
-                          f'<p class="muted">{len(classes.labels)} output units as logits '
-                          f"(final activation stripped), {classes.settings.get('steps')} steps, {how}, "
-                          f"{classes.seconds:.1f} s</p>{_img(grid, 'class visualizations')}"))
+                          f'<p class="muted">{which} as logits '
+                          f"(final activation stripped), {shown.settings.get('steps')} steps, {how}, "
+                          f"{shown.seconds:.1f} s</p>{_img(grid, 'class visualizations')}"))
     done += 1
     if sanity:
         from .fvsanity import visualization_sanity
 
         report("sanity check", done, total)
         try:
-            check = visualization_sanity(model, None, None, seed=seed, steps=steps, providers=providers,
+            check = visualization_sanity(model, None, record.classes, seed=seed, steps=steps, providers=providers,
                                          prior=used_prior)
             record.sanity = check.to_dict()
             body = sanity_section(check)
@@ -394,13 +410,12 @@ def _upscaled(image: np.ndarray, size: int = 140) -> np.ndarray:
 
 
 def write_report(model: onnx.ModelProto | str | bytes, output: str | Path, **options: Any) -> ReportRecord:
-    """Build the report and write it atomically to ``output`` (no partial file on failure)."""
-    from .fileio import atomic_output
+    """Build the report and write it atomically to ``output``, an ``.html`` file name (no partial
+    file on failure). The destination is checked before the work, not after it."""
+    from .fileio import check_outputs, check_suffix, write_files
 
-    output = Path(output)
-    if output.is_dir():
-        raise OnnxvizError(f"cannot write '{output}': it is a directory")
+    check_outputs([output])
+    check_suffix(output, (".html", ".htm"), "report")
     page, record = build_report(model, **options)
-    with atomic_output(output) as tmp:
-        Path(tmp).write_text(page, encoding="utf-8")
+    write_files([(output, page.encode("utf-8"))])
     return record

@@ -358,6 +358,8 @@ def upgrade_opset(model: onnx.ModelProto, target: int = 18) -> onnx.ModelProto:
         reason = re.sub(r"^\S+\.cc:\d+:\s*\w+:\s*", "", _one_line(e))  # drop the C++ source location
         raise RewriteError(f"cannot upgrade opset {current} to {target}: {reason}") from None
     _restore_weights(model, light, converted)
+    if current < 7 <= target:
+        _align_legacy_prelu_slopes(model, converted)
     if current < 11:
         _keep_legacy_resize_coordinates(model, converted)
     ops = [(o.domain, o.version) for o in converted.opset_import]
@@ -387,6 +389,34 @@ def _restore_weights(model: onnx.ModelProto, light: onnx.ModelProto, converted: 
     del converted.graph.input[:]
     converted.graph.input.extend(kept)
     converted.graph.initializer.extend(moved)
+
+
+def _align_legacy_prelu_slopes(old: onnx.ModelProto, new: onnx.ModelProto) -> None:
+    """PRelu before opset 7 lines its slope up with X from axis 1: a per-channel slope of shape (C,)
+    for an (N, C, ...) input, as PyTorch's opset-6 exports write it. From opset 7 the slope broadcasts
+    numpy-style from the last axis, where (C,) meets the width, and onnx's version converter keeps the
+    slope as it is (onnxruntime then fails, or broadcasts the wrong axis). Reshape such slopes to
+    (C, 1, ..., 1) in front of their PRelu; a slope of one value means the same either way."""
+    types = _value_types(infer_shapes(old))
+    taken = _taken_names(new.graph)
+    nodes: list[onnx.NodeProto] = []
+    for node in new.graph.node:
+        if node.op_type == "PRelu" and len(node.input) == 2:
+            x_shape = types.get(node.input[0], (0, None))[1]
+            slope_shape = types.get(node.input[1], (0, None))[1]
+            pad = len(x_shape) - 1 - len(slope_shape) if x_shape is not None and slope_shape is not None else 0
+            if pad > 0 and not all(d == 1 for d in slope_shape):
+                slope = node.input[1]
+                dims = [d if isinstance(d, int) and d > 0 else 0 for d in slope_shape] + [1] * pad  # 0: keep
+                shape = _fresh(f"{slope}_legacy_shape", taken)
+                new.graph.initializer.append(helper.make_tensor(shape, onnx.TensorProto.INT64, [len(dims)], dims))
+                aligned = _fresh(f"{slope}_legacy_aligned", taken)
+                nodes.append(helper.make_node("Reshape", [slope, shape], [aligned],
+                                              name=_fresh(f"{node.name or 'PRelu'}_legacy_slope", taken)))
+                node.input[1] = aligned
+        nodes.append(node)
+    del new.graph.node[:]
+    new.graph.node.extend(nodes)
 
 
 def _keep_legacy_resize_coordinates(old: onnx.ModelProto, new: onnx.ModelProto) -> None:

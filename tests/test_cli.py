@@ -39,8 +39,8 @@ def invoke(*args: str):
     return runner.invoke(cli.app, [str(a) for a in args])
 
 
-def test_layers_json(files):
-    result = invoke("layers", files["good"], "--json")
+def test_layers_nodes_json(files):
+    result = invoke("layers", files["good"], "--nodes", "--json")
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
     assert len(rows) == 10
@@ -52,10 +52,10 @@ def test_layers_json(files):
 
 
 def test_layers_table_and_single_layer(files):
-    result = invoke("layers", files["good"])
+    result = invoke("layers", files["good"], "--nodes")
     assert result.exit_code == 0
     assert "Softmax" in result.stdout and "output_0" in result.stdout
-    one = json.loads(invoke("layers", files["good"], "--layer", "preds", "--json").stdout)
+    one = json.loads(invoke("layers", files["good"], "--nodes", "--layer", "preds", "--json").stdout)
     assert [r["op_type"] for r in one] == ["Softmax"]
 
 

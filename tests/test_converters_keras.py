@@ -414,6 +414,75 @@ def test_zero_padding_then_max_pool(keras):
     np.testing.assert_allclose(sess.run(None, {"img": x})[0], expected, atol=1e-6)
 
 
+def tiny_convnext(keras, drop_path_rate: float = 0.1):
+    """keras.applications' ConvNeXt (the code ConvNeXtTiny runs) at 32x32 with 8-16 channels and one
+    block per stage: depthwise 7x7 Conv2D(groups=C), LayerNormalization, Dense, exact GELU, LayerScale,
+    StochasticDepth, the ImageNet Normalization. The LayerScale gammas (1e-6 when fresh, which leaves
+    every block an identity to 1e-6) are randomized so that the blocks count in the output."""
+    convnext = pytest.importorskip("keras.src.applications.convnext", reason="Keras moved its ConvNeXt code")
+    keras.utils.set_random_seed(0)
+    model = convnext.ConvNeXt(depths=[1, 1, 1, 1], projection_dims=[8, 8, 16, 16], drop_path_rate=drop_path_rate,
+                              name="tiny_convnext", weights=None, input_shape=(32, 32, 3), classes=5,
+                              classifier_activation=None)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if isinstance(layer, convnext.LayerScale):
+            layer.gamma.assign(rng.uniform(0.5, 1.5, layer.gamma.shape).astype("float32"))
+    return model
+
+
+def test_convnext_keras_file_converts_and_its_gradient_checks(keras, tmp_path):
+    """Issue 15: a ConvNeXt .keras file failed in `onnxviz convert` with "No Op registered for
+    StatefulPartitionedCall" (the grouped depthwise convolution, which Keras runs XLA-compiled) and
+    then on exact GELU's Erfc. It converts to standard ops, matches Keras, and `onnxviz check` passes."""
+    from typer.testing import CliRunner
+
+    from onnxviz import cli
+
+    from keras.src.backend.tensorflow import nn as tf_nn
+
+    keras_conv = tf_nn.conv
+    model = tiny_convnext(keras)
+    kinds = {type(layer).__name__ for layer in model.layers}
+    assert {"LayerScale", "StochasticDepth", "LayerNormalization", "Conv2D"} <= kinds
+    path, out = tmp_path / "convnext.keras", tmp_path / "convnext.onnx"
+    model.save(path)
+    runner = CliRunner()
+    result = runner.invoke(cli.app, ["convert", str(path), "-o", str(out), "--input-range", "0,255"])
+    assert result.exit_code == 0, result.output
+    assert tf_nn.conv is keras_conv  # the export-time convolution is Keras' own again
+    converted = onnx.load(str(out))
+    onnx.checker.check_model(converted, full_check=True)
+    assert {n.domain for n in converted.graph.node} <= {""}
+    ops = {n.op_type for n in converted.graph.node}
+    assert "Erf" in ops and not ops & {"StatefulPartitionedCall", "PartitionedCall", "Erfc"}, ops
+    groups = {n.name.split("/")[0]: next((a.i for a in n.attribute if a.name == "group"), 1)
+              for n in converted.graph.node if n.op_type == "Conv"}
+    assert groups["tiny_convnext_stage_0_block_0_depthwise_conv"] == 8
+    assert groups["tiny_convnext_stage_3_block_0_depthwise_conv"] == 16
+
+    x = np.random.default_rng(5).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    expected = np.asarray(model(x, training=False))
+    got = run_onnx(converted, x)
+    assert float(np.abs(got - expected).max()) < 1e-4 * max(1.0, float(np.abs(expected).max()))
+    assert expected.std() > 1e-3
+    # The blocks' branches (depthwise conv, GELU, LayerScale) count: with the gammas at 0 the output moves.
+    scales = [layer for layer in model.layers if type(layer).__name__ == "LayerScale"]
+    gammas = [np.asarray(layer.gamma) for layer in scales]
+    for layer in scales:
+        layer.gamma.assign(np.zeros_like(gammas[0], shape=layer.gamma.shape))
+    skipped = np.asarray(model(x, training=False))
+    for layer, gamma in zip(scales, gammas):
+        layer.gamma.assign(gamma)
+    assert float(np.abs(skipped - expected).max()) > 1e-2 * float(np.abs(expected).max())
+
+    check = runner.invoke(cli.app, ["check", str(out), "--json"])
+    assert check.exit_code == 0, check.output
+    report = json.loads(check.output)
+    assert report["passed"] and report["method"] == "graph" and report["max_rel_error"] < 1e-4
+    assert {"Conv", "Erf"} <= set(report["ops_with_rules"])
+
+
 # --------------------------------------------------------------------------- keras.applications
 
 # (name, smallest input side allowed with weights=None)

@@ -221,6 +221,26 @@ def test_upgrade_opset_noop_and_failure():
         upgrade_opset(bad)
 
 
+@pytest.mark.parametrize("x_shape", [(2, 3, 4), (2, 3, 5, 3), (1, 3, 2, 3, 3)])
+def test_upgrade_opset_aligns_legacy_prelu_slopes(x_shape):
+    """PRelu-6 lines a (C,) slope up with axis 1 (PyTorch's opset-6 exports); opset 7+ would
+    broadcast it against the last axis — an error, or silently the wrong axis when that is also C."""
+    slope = np.array([0.1, -0.5, 2.0], np.float32)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, list(x_shape))
+    listed = helper.make_tensor_value_info("slope", TensorProto.FLOAT, [3])  # IR 3 lists weights as inputs
+    graph = helper.make_graph([helper.make_node("PRelu", ["x", "slope"], ["y"], name="prelu")], "g", [x, listed],
+                              [y], initializer=[numpy_helper.from_array(slope, "slope")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 6)], ir_version=3)
+    with unchanged(model):
+        upgraded = upgrade_opset(model, 18)
+    full_check(upgraded)
+    feeds = {"x": np.random.default_rng(0).standard_normal(x_shape).astype(np.float32)}
+    per_channel = slope.reshape((3,) + (1,) * (len(x_shape) - 2))
+    want = np.where(feeds["x"] > 0, feeds["x"], feeds["x"] * per_channel)
+    np.testing.assert_allclose(M.run(upgraded, feeds)[0], want, rtol=1e-6)
+
+
 def test_rewrites_compose():
     """upgrade -> to_logits -> truncate on the old-opset model still checks and matches."""
     model = M.legacy_ops_net(13)

@@ -146,7 +146,7 @@ def default_cam_layer(model: onnx.ModelProto, output: str | None = None) -> str:
 def resolve_cam_layer(att: Attributor, layer: Any = None) -> CamLayer:
     """``layer`` (a layer name / index / tensor, or None for :func:`default_cam_layer`) as a
     :class:`CamLayer` on ``att``'s logits model; the shape comes from one probe run."""
-    from ..graph import find_layer
+    from ..graph import layer_output
     from ..objectives import channel_axis
 
     model = att.model
@@ -155,17 +155,7 @@ def resolve_cam_layer(att: Attributor, layer: Any = None) -> CamLayer:
         if layer is None:
             tensor = default_cam_layer(model, att.output)
         else:
-            produced = {o for n in model.graph.node for o in n.output if o}
-            if isinstance(layer, str) and layer in produced:
-                tensor = layer
-            else:
-                key: Any = layer
-                if isinstance(layer, str):
-                    try:
-                        key = int(layer)
-                    except ValueError:
-                        key = layer
-                tensor = find_layer(model, key).output
+            tensor = layer_output(model, layer)  # names first: a tensor, node or layer name, then an index
         node = next((n.name or n.op_type for n in model.graph.node if tensor in n.output), tensor)
         probe = np.full((att.spec.batch or 1,) + att.spec.shape, att.spec.value_range[0], np.float32)
         sess = _feature_session(att, tensor)

@@ -96,8 +96,8 @@ class Attributor:
                  input_shape: Sequence[int] | None = None, value_range: Sequence[float] | None = None,
                  output: str | int | None = None, gradient: str = "auto", providers: str = "auto",
                  batch_size: int | None = None, class_names: Any = None):
-        from ..graph import load_model, tensor_shape
-        from ..rewrite import final_activation, to_logits
+        from ..graph import check_one_input, load_model, tensor_shape
+        from ..rewrite import final_activation, to_logits, truncate
 
         self.source = load_model(model)
         self.spec: ModelInput = model_input(self.source, input_name, input_shape, value_range)
@@ -105,6 +105,7 @@ class Attributor:
         act = final_activation(self.source, self.output)
         self.activation = act.op_type if act is not None else None
         self.model = to_logits(self.source, self.output) if act is not None else self.source
+        check_one_input(truncate(self.model, [self.output]), self.spec.name)
         shape = tensor_shape(self.model, self.output)
         if shape is not None and len(shape) != 2:
             raise ShapeError(f"output {self.output!r} has shape {tuple(shape)}: attribution explains a "

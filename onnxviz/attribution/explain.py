@@ -45,29 +45,15 @@ class Explanation:
 
     def save(self, output: str | os.PathLike, save_npy: str | os.PathLike | None = None, *,
              cmap: str = "jet", alpha: float = 0.5) -> list[Path]:
-        """Write the side-by-side figure (PNG) and, when asked, the maps (``.npy``), each atomically.
-        Both are rendered in memory first."""
-        import io
+        """Write the side-by-side figure (PNG or JPEG by suffix) and, when asked, the maps (``.npy``):
+        both encoded in memory first, then written together or not at all."""
+        from ..fileio import write_files
+        from ..render import npy_bytes, picture_bytes
 
-        from ..fileio import atomic_output
-
-        fig = self.figure(cmap, alpha)
-        buf = io.BytesIO()
-        fig.save(buf, format="PNG")
-        npy = None
+        files = [(output, picture_bytes(self.figure(cmap, alpha), output))]
         if save_npy is not None:
-            nbuf = io.BytesIO()
-            np.save(nbuf, self.maps())
-            npy = nbuf.getvalue()
-        written = []
-        with atomic_output(output) as tmp:
-            tmp.write_bytes(buf.getvalue())
-        written.append(Path(os.fspath(output)))
-        if npy is not None and save_npy is not None:
-            with atomic_output(save_npy) as tmp:
-                tmp.write_bytes(npy)
-            written.append(Path(os.fspath(save_npy)))
-        return written
+            files.append((save_npy, npy_bytes(save_npy, self.maps())))
+        return write_files(files)
 
 
 def explain_files(model: Any, paths: Sequence[str | os.PathLike], methods: Sequence[str], unit: Any = None, *,

@@ -12,7 +12,6 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import OnnxvizError
-from ..fileio import atomic_output
 from .core import Attribution
 
 __all__ = ["overlay_maps", "attribution_figure", "save_figure", "stack_maps"]
@@ -72,11 +71,10 @@ def attribution_figure(unit_images: np.ndarray, results: Sequence[Attribution], 
 
 
 def save_figure(path: str | os.PathLike, figure) -> Path:
-    """Write a Pillow image as PNG, atomically."""
-    target = Path(os.fspath(path))
-    with atomic_output(target) as tmp:
-        figure.save(tmp, format="PNG")
-    return target
+    """Write a Pillow image atomically, as PNG (or JPEG for a ``.jpg`` name: the suffix decides)."""
+    from ..render import save_png
+
+    return save_png(path, figure)
 
 
 def stack_maps(results: Sequence[Attribution]) -> np.ndarray:

@@ -48,8 +48,8 @@ def occlusion(model: Any, x: np.ndarray, unit: Any = None, *, window: int | None
         z = att.logits(x)
     H, W = att.spec.height, att.spec.width
     dw, ds = default_window(H, W)
-    window = int(window or dw)
-    stride = int(stride or (ds if window == dw else max(1, window // 2)))
+    window = dw if window is None else int(window)  # 0 is an error below, not "the default"
+    stride = (ds if window == dw else max(1, window // 2)) if stride is None else int(stride)
     if window < 1 or stride < 1:
         raise OnnxvizError(f"occlusion window and stride must be >= 1 (got {window}, {stride})")
     if isinstance(fill, str) and fill.strip().lower() == "mean":

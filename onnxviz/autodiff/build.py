@@ -46,7 +46,7 @@ class GradientPlan:
 
 def prepare(model: onnx.ModelProto | str | bytes, of: str | int | None = None) -> tuple[onnx.ModelProto, str]:
     """Load, upgrade to GRADIENT_OPSET, truncate to the target tensor and infer shapes."""
-    from ..graph import find_layer, infer_shapes, load_model, opset_version
+    from ..graph import infer_shapes, layer_output, load_model, opset_version
     from ..rewrite import truncate, upgrade_opset
 
     model = load_model(model)
@@ -55,24 +55,21 @@ def prepare(model: onnx.ModelProto | str | bytes, of: str | int | None = None) -
     elif isinstance(of, str) and of in _value_names(model):
         target = of
     else:
-        target = find_layer(model, of).outputs[0]
+        target = layer_output(model, of)
     if opset_version(model) < GRADIENT_OPSET:
         try:
             model = upgrade_opset(model, GRADIENT_OPSET)
         except RewriteError as exc:
             raise OnnxvizError(f"cannot upgrade the model to opset {GRADIENT_OPSET} for differentiation: {exc}") from exc
     inputs = list(model.graph.input)
+    weights = {t.name for t in model.graph.initializer}  # IR < 4 lists them as inputs too
     model = truncate(model, [target])
     # Keep every original input (the gradient model's contract), even those the target ignores.
     kept = {i.name for i in model.graph.input}
     if len(kept) < len(inputs):
         del model.graph.input[:]
-        model.graph.input.extend(i for i in inputs if i.name in kept or not _is_initializer(model, i.name))
+        model.graph.input.extend(i for i in inputs if i.name in kept or i.name not in weights)
     return infer_shapes(model), target
-
-
-def _is_initializer(model: onnx.ModelProto, name: str) -> bool:
-    return any(t.name == name for t in model.graph.initializer)
 
 
 def _value_names(model: onnx.ModelProto) -> set[str]:
@@ -103,7 +100,8 @@ def plan(model: onnx.ModelProto, target: str, wrt: Sequence[str] | None = None) 
         if node.op_type in ZERO_GRADIENT_OPS:
             continue
         if any(i in live for i in node.input):
-            live.update(o for o in node.output if o and info.dtype(o) in FLOAT_TYPES)
+            # an unknown type (shape inference failed) may be float: never drop such a path silently
+            live.update(o for o in node.output if o and (info.dtype(o) in FLOAT_TYPES or not info.dtype(o)))
     # Backward sweep: which of those the target needs.
     needed = {target}
     active: list[onnx.NodeProto] = []

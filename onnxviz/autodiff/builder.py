@@ -121,6 +121,29 @@ class GraphInfo:
                 self.constants[node.output[0]] = arr
                 self.shapes[node.output[0]] = tuple(arr.shape)
                 self.dtypes[node.output[0]] = node.attribute[0].t.data_type
+        self._propagate_dtypes(graph)
+
+    def _propagate_dtypes(self, graph: onnx.GraphProto) -> None:
+        """Element types shape inference left unknown, for ops with gradient rules: their outputs
+        take their data input's type. ONNX infers nothing for some function ops (GroupNormalization,
+        onnx 1.23), nor for anything downstream: unknown, such a tensor would not carry gradient."""
+        from .rules import RULES
+
+        for node in graph.node:
+            if node.op_type not in RULES or all(self.dtypes.get(o) for o in node.output if o):
+                continue
+            i = 1 if node.op_type in ("Where", "CastLike") else 0  # Where's X (after the condition), CastLike's target
+            data = self.dtypes.get(node.input[i], 0) if len(node.input) > i else 0
+            types = [data] * len(node.output)
+            if node.op_type == "Cast":
+                types = [next((a.i for a in node.attribute if a.name == "to"), 0)]
+            elif node.op_type == "MaxPool":
+                types = [data, onnx.TensorProto.INT64]
+            elif node.op_type == "Dropout":
+                types = [data, onnx.TensorProto.BOOL]
+            for o, t in zip(node.output, types):
+                if o and t and not self.dtypes.get(o):
+                    self.dtypes[o] = t
 
     def shape(self, name: str) -> Shape:
         return self.shapes.get(name)

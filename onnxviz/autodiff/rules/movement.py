@@ -81,6 +81,8 @@ def transpose(g, node, gy):
     perm = node.attr("perm")
     if perm is None:
         perm = list(reversed(range(node.rank(node.input[0]))))
+    if len(perm) < 2:  # a 0-d or 1-d tensor: the identity (and an empty perm is no valid attribute)
+        return [gy[0]]
     inverse = [0] * len(perm)
     for i, p in enumerate(perm):
         inverse[p] = i

@@ -79,7 +79,16 @@ rule("ReduceMean")(_reduce_rule(lambda g, node, x, z, gz, axes: _expand(g, node,
 rule("ReduceSumSquare")(_reduce_rule(
     lambda g, node, x, z, gz, axes: g.Mul(g.Mul(x, g.const(2.0, like=x)), gz), elementwise=True))
 rule("ReduceL1")(_reduce_rule(lambda g, node, x, z, gz, axes: g.Mul(g.Sign(x), gz), elementwise=True))
-rule("ReduceL2")(_reduce_rule(lambda g, node, x, z, gz, axes: g.Mul(x, g.Div(gz, z)), elementwise=True))
+
+
+def _l2(g, node, x, z, gz, axes):
+    # dz/dx = x / z; where the norm is 0 (so is x) the gradient is 0, the minimal subgradient
+    # (x / z would be 0 / 0 = NaN there, e.g. on a dead ReLU channel)
+    safe = g.Where(g.Equal(z, g.const(0.0, like=x)), g.const(1.0, like=x), z)
+    return g.Mul(x, g.Div(gz, safe))
+
+
+rule("ReduceL2")(_reduce_rule(_l2, elementwise=True))
 rule("ReduceLogSum")(_reduce_rule(
     lambda g, node, x, z, gz, axes: _expand(g, node, g.Div(gz, g.Exp(z))), elementwise=True))
 rule("ReduceLogSumExp")(_reduce_rule(lambda g, node, x, z, gz, axes: g.Mul(g.Exp(g.Sub(x, z)), gz)))
