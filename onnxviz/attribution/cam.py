@@ -177,12 +177,10 @@ def _feature_session(att: Attributor, tensor: str):
         truncate(att.model, [att.output, tensor]), att.providers))
 
 
-def cam_gradient_model(model: onnx.ModelProto, target: str, feature: str) -> onnx.ModelProto:
-    """``(inputs, delta, cotangent) -> (target, d<cotangent.target>/d feature, feature)``: the
-    gradient model of ``target`` w.r.t. the intermediate tensor ``feature`` (see the module doc:
-    ``feature + delta`` replaces ``feature`` for its consumers; the gradient is taken w.r.t.
-    ``delta``, to be fed zeros)."""
-    from ..autodiff import gradient_model
+def with_feature_delta(model: onnx.ModelProto, feature: str) -> tuple[onnx.ModelProto, str]:
+    """A copy of ``model`` with a new input ``delta`` (shaped like ``feature``, batch ``N``) added to
+    ``feature`` before every node that reads it; ``(model, delta's name)``. The gradient w.r.t.
+    ``delta`` at 0 is the gradient w.r.t. ``feature`` (the autodiff differentiates w.r.t. inputs)."""
     from ..graph import tensor_dtype, tensor_shape
     from ..rewrite import _fresh
 
@@ -191,34 +189,38 @@ def cam_gradient_model(model: onnx.ModelProto, target: str, feature: str) -> onn
     g = m.graph
     taken = {i.name for i in g.input} | {t.name for t in g.initializer}
     taken |= {x for n in g.node for x in list(n.input) + list(n.output)} | {n.name for n in g.node}
-
-    def fresh(base: str) -> str:
-        return _fresh(base, taken)
-
-    if feature in {o.name for o in g.output}:
-        raise OnnxvizError(f"the CAM layer {feature!r} is a graph output: it needs a head after it")
     elem = tensor_dtype(model, feature) or onnx.TensorProto.FLOAT
     shape = tensor_shape(model, feature)
-    delta = fresh(DELTA)
-    shifted = fresh(feature + "__onnxviz_shifted")
+    delta = _fresh(DELTA, taken)
+    shifted = _fresh(feature + "__onnxviz_shifted", taken)
     nodes = list(g.node)
     at = next((i for i, n in enumerate(nodes) if feature in n.output), -1)
     for n in nodes:
         for k, name in enumerate(n.input):
             if name == feature:
                 n.input[k] = shifted
-    add = helper.make_node("Add", [feature, delta], [shifted], name=fresh("onnxviz_feature_shift"))
-    nodes.insert(at + 1, add)
+    nodes.insert(at + 1, helper.make_node("Add", [feature, delta], [shifted],
+                                          name=_fresh("onnxviz_feature_shift", taken)))
     del g.node[:]
     g.node.extend(nodes)
     dims = None if shape is None else [d if isinstance(d, (int, str)) and d != 0 else None for d in shape]
     if dims is not None and (dims[0] is None or isinstance(dims[0], int)):
         dims[0] = "N"
-    vi = helper.make_tensor_value_info(delta, elem, dims)
-    g.input.append(vi)
+    g.input.append(helper.make_tensor_value_info(delta, elem, dims))
+    return m, delta
+
+
+def cam_gradient_model(model: onnx.ModelProto, target: str, feature: str) -> onnx.ModelProto:
+    """``(inputs, delta, cotangent) -> (target, d<cotangent.target>/d feature, feature)``: the
+    gradient model of ``target`` w.r.t. the intermediate tensor ``feature`` (see the module doc and
+    :func:`with_feature_delta`; ``delta`` is fed zeros)."""
+    from ..autodiff import gradient_model
+
+    if feature in {o.name for o in model.graph.output}:
+        raise OnnxvizError(f"the CAM layer {feature!r} is a graph output: it needs a head after it")
+    m, delta = with_feature_delta(model, feature)
     grad = gradient_model(m, of=target, wrt=[delta])
-    out_vi = helper.make_tensor_value_info(feature, elem, dims)
-    grad.graph.output.append(out_vi)
+    grad.graph.output.append(helper.make_value_info(feature, m.graph.input[-1].type))
     onnx.checker.check_model(grad)
     return grad
 

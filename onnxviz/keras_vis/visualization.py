@@ -23,8 +23,6 @@ import sys
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import onnx
-from onnx import helper
 
 from ._model import (KerasVisError, KerasVisModel, LayerView, UnsupportedOptionError, as_model, is_keras_model,
                      to_hwc_image, to_model_batch)
@@ -420,12 +418,13 @@ class _FeatureGradient:
     feature map). A second session gives the feature map itself."""
 
     def __init__(self, km: KerasVisModel, target: str, feature: str, modifier: str | None):
+        from ..attribution.cam import with_feature_delta
         from ..gradients import GradientFunction
         from ..rewrite import truncate
         from ..runtime import make_session
 
         self.spec = km.spec()
-        shifted, self.delta = _shifted_model(km.onnx_model, feature)
+        shifted, self.delta = with_feature_delta(km.onnx_model, feature)
         probe = np.zeros((1,) + tuple(self.spec.shape), np.float32)
         self.fn = GradientFunction(shifted, target, input_name=self.delta, modifier=modifier,
                                    method="auto" if modifier is None else "graph",
@@ -440,41 +439,6 @@ class _FeatureGradient:
         self.fn.extra_feeds = {self.spec.name: np.ascontiguousarray(x, np.float32)}
         _, grad = self.fn(np.zeros_like(a, dtype=np.float32), cotangent)
         return np.asarray(grad)
-
-
-def _shifted_model(model: onnx.ModelProto, feature: str) -> tuple[onnx.ModelProto, str]:
-    """A copy of ``model`` with a new float input ``delta`` (shaped like ``feature``) added to
-    ``feature`` before every node reading it; (model, delta's name)."""
-    from ..graph import tensor_dtype, tensor_shape
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    g = m.graph
-    taken = {i.name for i in g.input} | {t.name for t in g.initializer} | {n.name for n in g.node}
-    taken |= {v for n in g.node for v in list(n.input) + list(n.output)}
-
-    def fresh(base: str) -> str:
-        name, k = base, 0
-        while name in taken:
-            k += 1
-            name = f"{base}_{k}"
-        taken.add(name)
-        return name
-
-    delta, shifted = fresh("onnxviz_keras_vis_delta"), fresh(feature + "__keras_vis_shifted")
-    nodes = list(g.node)
-    at = next(i for i, n in enumerate(nodes) if feature in n.output)
-    for n in nodes:
-        for k, name in enumerate(n.input):
-            if name == feature:
-                n.input[k] = shifted
-    nodes.insert(at + 1, helper.make_node("Add", [feature, delta], [shifted], name=fresh("onnxviz_keras_vis_shift")))
-    del g.node[:]
-    g.node.extend(nodes)
-    shape = tensor_shape(model, feature)
-    dims = None if shape is None else ["N"] + [d if isinstance(d, int) and d > 0 else None for d in shape[1:]]
-    g.input.append(helper.make_tensor_value_info(delta, tensor_dtype(model, feature) or onnx.TensorProto.FLOAT, dims))
-    return m, delta
 
 
 # ----------------------------------------------------------------------------------- helpers
