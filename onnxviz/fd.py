@@ -200,13 +200,20 @@ def _exact_ops() -> list:
         def _run(self, x):
             return (x.max(axis=tuple(range(2, x.ndim)), keepdims=True),)
 
+    class HardSwish(OpRun):  # the reference runs the function body, HardSigmoid with alpha = float32(1/6)
+        op_domain = ""
+
+        def _run(self, x):
+            return ((x * np.clip(x / 6 + 0.5, 0, 1)).astype(x.dtype),)
+
     class Mean(OpRun):  # the reference adds in place into the first operand: no broadcasting it up
         op_domain = ""
 
         def _run(self, *args):
             return ((sum(args) / len(args)).astype(args[0].dtype),)
 
-    return [Erf, Gelu, ConvTranspose, Pad, MaxPool, AveragePool, LRN, GroupNormalization, GlobalMaxPool, Mean]
+    return [Erf, Gelu, ConvTranspose, Pad, MaxPool, AveragePool, LRN, GroupNormalization, GlobalMaxPool, Mean,
+            HardSwish]
 
 
 def _explicit_conv_transpose_pads(spatial, kernel, attrs: dict) -> dict:

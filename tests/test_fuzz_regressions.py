@@ -158,3 +158,27 @@ fuzz (float[1] in1) => (float transpose6)
 """)
     result = check_gradient(model, {"in1": np.array([-0.7], np.float32)}, run_ort=True)
     assert result.fd_error < FD_TOL and result.ort_error < 1e-4
+
+
+# The float64 oracle: onnx's reference runs HardSwish's function body, HardSigmoid with alpha =
+# float32(1/6), a relative error of 3e-8 in the slope. The rule is exact; where a direction's
+# derivative cancels, finite differences of the inexact oracle read as a 2e-5 gradient error.
+MAX_HARD_SWISH = """
+<ir_version: 10, opset_import: ["" : 18]>
+fuzz (float[2] in1) => (float[2] hardswish6)
+{
+   max2 = Max (in1)
+   hardswish4 = HardSwish (max2)
+   hardswish6 = HardSwish (hardswish4)
+}
+"""
+
+
+def test_oracle_hard_swish_is_exact_in_float64():
+    model = parse(MAX_HARD_SWISH)
+    x = np.array([-1.346531, -0.6856161], np.float32)
+    hs = lambda v: v * np.clip(v / 6 + 0.5, 0, 1)  # noqa: E731
+    got = Float64Reference(model)({"in1": x})[0]
+    np.testing.assert_allclose(got, hs(hs(x.astype(np.float64))), rtol=1e-15)
+    result = check_gradient(model, {"in1": x}, directions=3, seed=0, run_ort=True)
+    assert result.fd_error < FD_TOL and result.ort_error < 1e-4
