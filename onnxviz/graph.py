@@ -24,6 +24,7 @@ import onnx
 from onnx import helper
 
 from .errors import LayerNotFoundError, ModelLoadError, OnnxvizError, ShapeError
+from .layout import guess_input_layout
 
 __all__ = [
     "META_CLASSES", "META_LAYOUT", "META_RANGE", "META_RANGE_SOURCE", "META_SOURCE", "DEFAULT_VALUE_RANGE",
@@ -704,11 +705,6 @@ class InputInfo:
                 "range_guessed": self.range_guessed}
 
 
-_PASS_THROUGH = {"Cast", "Identity", "Div", "Sub", "Mul", "Add", "Clip", "CastLike"}
-_CHANNELS_FIRST_OPS = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool",
-                       "GlobalMaxPool", "BatchNormalization", "InstanceNormalization", "LpPool"}
-
-
 def input_info(model: onnx.ModelProto) -> list[InputInfo]:
     """Graph inputs with layout and value range.
 
@@ -742,7 +738,7 @@ def input_info(model: onnx.ModelProto) -> list[InputInfo]:
             dtype = np.dtype(np.float32)
         layout = layouts.get(vi.name, layouts.get("*"))
         if layout is None:
-            layout = _guess_layout(model, vi.name, shape)
+            layout = guess_input_layout(model, vi.name, shape)
         value_range = ranges.get(vi.name, ranges.get("*"))
         guessed = value_range is not None and marked_guess
         if value_range is None:
@@ -831,41 +827,6 @@ def check_one_input(model: onnx.ModelProto, name: str, fed: Iterable[str] = ()) 
     if others:
         raise OnnxvizError(f"the model needs {len(others) + 1} inputs ({', '.join([name, *others])}): onnxviz feeds "
                            f"one image input ({name!r}) and has nothing to give {', '.join(map(repr, others))}")
-
-
-def _guess_layout(model: onnx.ModelProto, name: str, shape: Shape | None) -> str | None:
-    if shape is None or len(shape) not in (4, 5):
-        return None
-    first, last = ("NCHW", "NHWC") if len(shape) == 4 else ("NCDHW", "NDHWC")
-    to_first = [0, 3, 1, 2] if len(shape) == 4 else [0, 4, 1, 2, 3]
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for i in node.input:
-            consumers.setdefault(i, []).append(node)
-    frontier, seen = [name], set()
-    for _ in range(4):  # look through a few preprocessing nodes
-        nxt = []
-        for t in frontier:
-            for node in consumers.get(t, []):
-                if id(node) in seen:
-                    continue
-                seen.add(id(node))
-                if node.op_type == "Transpose" and node.input[0] == t:
-                    perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
-                    if perm == to_first:
-                        return last
-                    return first if perm is not None else None
-                if node.op_type in _CHANNELS_FIRST_OPS and node.input[0] == t:
-                    return first
-                if node.op_type in _PASS_THROUGH:
-                    nxt.extend(o for o in node.output if o)
-        frontier = nxt
-    chans = (1, 3, 4)
-    if shape[-1] in chans and shape[1] not in chans:
-        return last
-    if shape[1] in chans:
-        return first
-    return None
 
 
 # --------------------------------------------------------------------------------------- metadata

@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 
 from .errors import OnnxvizError
+from .ops import ACTIVATIONS
 from .objectives import BoundLayer, LayerRef, LinearObjective, Objective, bind_layer, diversity, unit
 from .params import ImageParam, image_param
 from .priors import GaussianPrior, PixelOffsetParam, Prior, resolve_prior
@@ -928,11 +929,6 @@ def maximize(model: onnx.ModelProto | str | bytes, layer: Any = None, units: Any
                       class_objective=class_objective, prior=prior, prior_weight=prior_weight, start=start)
 
 
-#: Elementwise activations a conv layer's output may pass through (the layer's output is after them).
-_ACTIVATIONS = ("Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
-                "Softplus", "Clip", "Gelu", "Mish")
-
-
 def first_conv_layer(model: onnx.ModelProto) -> str | None:
     """The tensor of the first convolution layer, after its activation when the conv feeds exactly
     one elementwise activation (a Keras ``Conv2D(activation="relu")`` layer's output); ``None`` when
@@ -942,6 +938,6 @@ def first_conv_layer(model: onnx.ModelProto) -> str | None:
         return None
     tensor = conv.output[0]
     readers = [n for n in model.graph.node if tensor in n.input]
-    if len(readers) == 1 and readers[0].op_type in _ACTIVATIONS and readers[0].input[0] == tensor:
+    if len(readers) == 1 and readers[0].op_type in ACTIVATIONS and readers[0].input[0] == tensor:
         return readers[0].output[0]
     return tensor

@@ -31,6 +31,8 @@ import numpy as np
 import onnx
 
 from .errors import OnnxvizError, ShapeError
+from .layout import tensor_channel_axis
+from .ops import FINAL_ACTIVATIONS
 
 __all__ = [
     "LayerRef", "BoundLayer", "Objective", "LinearObjective", "unit", "channel", "neuron", "direction",
@@ -39,19 +41,6 @@ __all__ = [
 
 # ----------------------------------------------------------------------------------------- layers
 
-#: Ops that keep the channel axis where it is (looked through when finding a tensor's layout).
-_SAME_LAYOUT_OPS = {
-    "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
-    "Softplus", "Softsign", "Clip", "Identity", "Dropout", "Erf", "Gelu", "Mish", "Abs", "Neg", "Exp",
-    "Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Cast", "Sqrt", "Pow", "Where",
-}
-#: Ops whose output is channels-first (ONNX's own convention for these ops).
-_CHANNELS_FIRST_OPS = {
-    "Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool",
-    "BatchNormalization", "InstanceNormalization", "GroupNormalization", "LRN", "DepthToSpace",
-    "SpaceToDepth", "MaxUnpool", "Upsample",
-}
-_FINAL_ACTIVATIONS = ("Softmax", "LogSoftmax", "Sigmoid")
 
 
 @dataclass(frozen=True)
@@ -160,7 +149,7 @@ def _resolve_logits(model: onnx.ModelProto, ref: LayerRef) -> tuple[onnx.ModelPr
             return to_logits(model, tensor), tensor, act.op_type
         return model, tensor, None
     node = _producers(model).get(tensor)
-    if node is not None and node.op_type in _FINAL_ACTIVATIONS and node.domain in ("", "ai.onnx"):
+    if node is not None and node.op_type in FINAL_ACTIVATIONS and node.domain in ("", "ai.onnx"):
         return model, node.input[0], node.op_type
     return model, tensor, None
 
@@ -168,44 +157,14 @@ def _resolve_logits(model: onnx.ModelProto, ref: LayerRef) -> tuple[onnx.ModelPr
 def channel_axis(model: onnx.ModelProto, tensor: str, rank: int) -> int | None:
     """Axis (with batch, i.e. of the full tensor) holding channels: 1 for NCHW-style feature maps
     (what ONNX Conv/pool/normalization produce), ``rank - 1`` for NHWC ones (after an exporter's
-    Transpose, or an NHWC graph input), ``1`` for dense (N, units) tensors. Found by walking back
-    through elementwise ops to the producing Conv/pool/Transpose/input; shape heuristics last."""
-    if rank <= 2:
-        return 1 if rank == 2 else None
-    producers = _producers(model)
-    inputs = {i.name for i in model.graph.input}
-    return _channel_axis(model, tensor, rank, producers, inputs, depth=0)
+    Transpose, or an NHWC graph input), ``1`` for dense (N, units) tensors
+    (:func:`onnxviz.layout.tensor_channel_axis`, with the inputs' layouts of ``input_info``)."""
+    from .graph import input_info
 
+    def input_layout(name: str) -> str | None:
+        return next((i.layout for i in input_info(model) if i.name == name), None)
 
-def _channel_axis(model, tensor, rank, producers, inputs, depth) -> int:
-    if depth > 64:
-        return 1
-    if tensor in inputs:
-        from .graph import input_info
-
-        info = next((i for i in input_info(model) if i.name == tensor), None)
-        if info is not None and info.layout in ("NHWC", "NDHWC"):
-            return rank - 1
-        return 1
-    node = producers.get(tensor)
-    if node is None:
-        return 1
-    op = node.op_type
-    if op in _CHANNELS_FIRST_OPS:
-        return 1
-    if op == "Transpose":
-        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
-        if perm is None or len(perm) != rank:
-            return 1
-        src = _channel_axis(model, node.input[0], rank, producers, inputs, depth + 1)
-        return perm.index(src)
-    if op in _SAME_LAYOUT_OPS:
-        # follow the first input of the same rank (broadcast constants are not the data path)
-        for name in node.input:
-            src = producers.get(name)
-            if name in inputs or (src is not None and src.op_type not in ("Constant", "ConstantOfShape")):
-                return _channel_axis(model, name, rank, producers, inputs, depth + 1)
-    return 1
+    return tensor_channel_axis(model, tensor, rank, input_layout)
 
 
 def bind_layer(model: onnx.ModelProto, ref: LayerRef, shape: Sequence[int] | None = None,

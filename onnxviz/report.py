@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 
 from .errors import OnnxvizError, RewriteError
+from .ops import ACTIVATIONS, CONV_OPS
 from .priors import resolve_prior
 
 #: Attribution methods shown per example image (label, attribute() method name).
@@ -52,19 +53,17 @@ class ReportRecord:
 def conv_layers(model: onnx.ModelProto) -> list[str]:
     """Output tensors of the convolution layers in graph order, after their activation when a conv
     feeds exactly one elementwise activation (what a Keras ``Conv2D(activation=...)`` layer outputs)."""
-    from .maximize import _ACTIVATIONS
-
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         for name in node.input:
             readers.setdefault(name, []).append(node)
     out = []
     for node in model.graph.node:
-        if node.op_type not in ("Conv", "ConvTranspose"):
+        if node.op_type not in CONV_OPS:
             continue
         tensor = node.output[0]
         after = readers.get(tensor, [])
-        if len(after) == 1 and after[0].op_type in _ACTIVATIONS and after[0].input[0] == tensor:
+        if len(after) == 1 and after[0].op_type in ACTIVATIONS and after[0].input[0] == tensor:
             tensor = after[0].output[0]
         out.append(tensor)
     return out

@@ -16,6 +16,7 @@ import onnx
 from onnx import helper
 
 from .errors import LayerNotFoundError, RewriteError, ShapeError
+from .ops import FINAL_ACTIVATIONS, SHAPE_ONLY_OPS
 from .graph import (_all_value_names, _not_found, _one_line, _value_types, check_structure, infer_shapes,
                     opset_version, weights_as_inputs)
 
@@ -23,9 +24,8 @@ __all__ = ["FINAL_ACTIVATIONS", "PASS_THROUGH_OPS", "FinalActivation", "final_ac
            "expose", "truncate", "upgrade_opset"]
 
 #: Ops ``to_logits`` strips (all keep the shape and dtype of their input).
-FINAL_ACTIVATIONS = ("Softmax", "LogSoftmax", "Sigmoid")
 #: Ops allowed between the activation and the graph output (data is their first input).
-PASS_THROUGH_OPS = ("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze")
+PASS_THROUGH_OPS = SHAPE_ONLY_OPS  # the public name of these ops here
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from onnx import helper
 
 from ..errors import OnnxvizError, ShapeError
 from ..images import resize_bilinear
+from ..ops import SPATIAL_COLLAPSING_OPS
 from .core import Attribution, Attributor, as_attributor
 from .saliency import _setup, resolve_baseline
 
@@ -45,9 +46,6 @@ __all__ = ["default_cam_layer", "resolve_cam_layer", "cam_gradient_model", "feat
            "gradcam_plus_plus", "layercam", "scorecam", "guided_gradcam", "CamLayer", "CAM_METHODS"]
 
 CAM_METHODS = ("gradcam", "gradcam++", "layercam", "scorecam", "guided-gradcam")
-#: Ops that end the spatial part of a network (global pooling, flatten, a reshape to vectors).
-_COLLAPSING_OPS = {"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "Flatten", "Reshape",
-                   "ReduceMean", "ReduceMax", "ReduceSum", "ReduceL2", "AveragePool", "MaxPool", "Squeeze"}
 DELTA = "onnxviz_feature_delta"
 
 
@@ -120,7 +118,7 @@ def default_cam_layer(model: onnx.ModelProto, output: str | None = None) -> str:
         node = producers.get(t)
         if node is None:
             continue
-        if node.op_type in _COLLAPSING_OPS and node.input and node.input[0] not in inits:
+        if node.op_type in SPATIAL_COLLAPSING_OPS and node.input and node.input[0] not in inits:
             src = node.input[0]
             s_in, s_out = shapes.get(src), shapes.get(node.output[0])
             if s_in is not None and len(s_in) == 4:

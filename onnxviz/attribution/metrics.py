@@ -21,6 +21,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import OnnxvizError
+from ..ops import WEIGHT_OPS, WEIGHT_PASS_THROUGH_OPS
 from .core import Attribution, Attributor, as_attributor
 
 __all__ = ["deletion_curve", "deletion_auc", "insertion_auc", "random_maps", "spearman",
@@ -169,9 +170,6 @@ def spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------- randomization
-_WEIGHT_OPS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (0, 1),
-               "BatchNormalization": (1, 2)}
-_THROUGH = {"Identity", "Cast", "Transpose", "Reshape", "Unsqueeze", "Squeeze", "DequantizeLinear"}
 
 
 @dataclass(frozen=True)
@@ -187,7 +185,7 @@ def _source_initializer(name: str, producers: dict, inits: set[str], depth: int 
     if name in inits:
         return name
     node = producers.get(name)
-    if node is None or depth > 4 or node.op_type not in _THROUGH or not node.input:
+    if node is None or depth > 4 or node.op_type not in WEIGHT_PASS_THROUGH_OPS or not node.input:
         return None
     return _source_initializer(node.input[0], producers, inits, depth + 1)
 
@@ -205,7 +203,7 @@ def weight_layers(model: onnx.ModelProto) -> list[WeightLayer]:
             consumers.setdefault(i, []).append(n)
     layers = []
     for node in g.node:
-        if node.op_type not in _WEIGHT_OPS or node.domain not in ("", "ai.onnx"):
+        if node.op_type not in WEIGHT_OPS or node.domain not in ("", "ai.onnx"):
             continue
         names = []
         for i in node.input[1:]:

@@ -36,6 +36,7 @@ import numpy as np
 import onnx
 
 from ..errors import LayerNotFoundError, OnnxvizError
+from ..ops import CONV_POOL_OPS
 from . import activations as _activations
 
 __all__ = ["KerasVisModel", "LayerView", "KerasVisError", "KerasVisLayerNotFoundError", "UnsupportedOptionError",
@@ -64,8 +65,6 @@ _OP_ACTIVATIONS = {"Softmax": "softmax", "Sigmoid": "sigmoid", "LogSoftmax": "lo
                    "HardSigmoid": "hard_sigmoid", "Gelu": "gelu"}
 #: Activations ``apply_modifications`` can replace by ``linear`` on an ONNX model (``to_logits``).
 _STRIPPABLE = ("softmax", "sigmoid", "log_softmax")
-#: Op types that make a layer a "Conv or Pooling" layer for keras-vis' penultimate-layer search.
-_CONV_POOL_OPS = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool"}
 _UNIQ = re.compile(r"_\d+$")
 
 
@@ -99,7 +98,7 @@ class LayerView:
 
     @property
     def is_conv_or_pool(self) -> bool:
-        return bool(_CONV_POOL_OPS.intersection(self.op_types))
+        return bool(CONV_POOL_OPS.intersection(self.op_types))
 
     def __repr__(self) -> str:
         return (f"<LayerView {self.index}: {self.name!r} ({self.class_name}) -> {self.tensor!r}, "
