@@ -3,6 +3,9 @@ the CLI prints its message as one line and exits with code 2."""
 
 from __future__ import annotations
 
+import difflib
+from typing import Iterable
+
 
 class OnnxvizError(Exception):
     """A problem with what the user gave us (path, model, layer, option) — never a bug."""
@@ -57,3 +60,25 @@ class MissingDependencyError(OnnxvizError, ImportError):
 
 class ImageError(OnnxvizError):
     """An input image cannot be read or does not fit the model."""
+
+
+def one_line(e: BaseException | str, limit: int = 300) -> str:
+    """``e``'s message on one line (whitespace runs collapsed), cut to ``limit`` characters: what
+    the CLI prints for an error from onnx or onnxruntime, whose messages span many lines."""
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def not_found(what: str, key: str, candidates: Iterable[str], hint: str = "") -> str:
+    """"no {what} named {key!r}", with up to 5 close names from ``candidates`` (similar spelling,
+    else containing ``key``), or ``hint`` when none is close."""
+    pool = list(dict.fromkeys(c for c in candidates if c))
+    close = difflib.get_close_matches(str(key), pool, n=5, cutoff=0.5)
+    if not close:  # substring hits help with long scoped names
+        close = [c for c in pool if str(key).lower() in c.lower()][:5]
+    msg = f"no {what} named {key!r}"
+    if close:
+        msg += "; closest: " + ", ".join(close)
+    elif hint:
+        msg += f" ({hint})"
+    return msg

@@ -31,6 +31,7 @@ import onnx
 
 from .attribution.metrics import WeightLayer, randomize_layers, spearman, weight_layers
 from .errors import OnnxvizError
+from .graphview import GraphView
 
 __all__ = ["ssim", "recognition_test", "visualization_sanity", "VisualizationSanity", "SanityStage",
            "default_depths", "ALPHA", "SIMILARITY_LIMIT", "PERMUTATIONS"]
@@ -253,7 +254,7 @@ def default_depths(count: int) -> list[int]:
 
 def _upstream(graph_model: onnx.ModelProto, tensor: str) -> set[str]:
     """Names (or first outputs) of the nodes ``tensor`` depends on."""
-    producers = {o: n for n in graph_model.graph.node for o in n.output if o}
+    producers = GraphView(graph_model).producers
     seen: set[str] = set()
     todo = [tensor]
     while todo:

@@ -9,7 +9,6 @@ model return a new one.
 from __future__ import annotations
 
 import ast
-import difflib
 import json
 import math
 import os
@@ -23,7 +22,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .errors import LayerNotFoundError, ModelLoadError, OnnxvizError, ShapeError
+from .errors import LayerNotFoundError, ModelLoadError, OnnxvizError, ShapeError, not_found, one_line
+from .graphview import Shape, dims, value_names, value_types
 from .layout import guess_input_layout
 
 __all__ = [
@@ -54,7 +54,6 @@ META_SOURCE = "onnxviz.source"
 DEFAULT_VALUE_RANGE = (0.0, 1.0)
 
 #: A tensor shape: one entry per dim, ``int`` static, ``str`` symbolic (``"N"``), ``None`` unknown.
-Shape = tuple[Union[int, str, None], ...]
 ModelSource = Union[str, os.PathLike, bytes, onnx.ModelProto]
 
 _TWO_GB = 2**31
@@ -106,7 +105,7 @@ def load_model(source: ModelSource, *, check: bool = True) -> onnx.ModelProto:
         try:
             onnx.load_external_data_for_model(model, str(path.parent))
         except Exception as e:  # missing/short .data file
-            raise ModelLoadError(f"cannot read model {label}: external data: {_one_line(e)}") from None
+            raise ModelLoadError(f"cannot read model {label}: external data: {one_line(e)}") from None
     if check:
         _check(model, label, path=path)
     return model
@@ -131,7 +130,7 @@ def _check(model: onnx.ModelProto, label: str, path: Path | None = None) -> None
     try:
         check_structure(model)
     except Exception as e:
-        raise ModelLoadError(f"cannot read model {label}: invalid ONNX model: {_one_line(e)}") from None
+        raise ModelLoadError(f"cannot read model {label}: invalid ONNX model: {one_line(e)}") from None
 
 
 def check_structure(model: onnx.ModelProto, full_check: bool = False) -> None:
@@ -176,11 +175,6 @@ def _uses_external_data(model: onnx.ModelProto) -> bool:
     return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
 
 
-def _one_line(e: BaseException | str, limit: int = 300) -> str:
-    text = " ".join(str(e).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 # --------------------------------------------------------------------------------------- shapes
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` with ONNX shape inference applied (``value_info`` filled, symbolic dims
@@ -211,46 +205,6 @@ def _tensor_nbytes(t: onnx.TensorProto) -> int:
     return n * 4
 
 
-def _dims(tp: onnx.TypeProto) -> Shape | None:
-    if tp.WhichOneof("value") != "tensor_type" or not tp.tensor_type.HasField("shape"):
-        return None
-    dims: list[int | str | None] = []
-    for d in tp.tensor_type.shape.dim:
-        kind = d.WhichOneof("value")
-        dims.append(d.dim_value if kind == "dim_value" else d.dim_param if kind == "dim_param" else None)
-    return tuple(dims)
-
-
-def _value_types(model: onnx.ModelProto) -> dict[str, tuple[int, Shape | None]]:
-    """name -> (elem type, shape) for every typed value: inputs, initializers, value_info, outputs."""
-    g = model.graph
-    types: dict[str, tuple[int, Shape | None]] = {}
-    for t in g.initializer:
-        types[t.name] = (t.data_type, tuple(int(d) for d in t.dims))
-    for vi in list(g.value_info) + list(g.input) + list(g.output):
-        if vi.type.WhichOneof("value") == "tensor_type":
-            elem = vi.type.tensor_type.elem_type
-            old = types.get(vi.name)
-            shape = _dims(vi.type)
-            if old is not None and (shape is None or not elem):  # keep the better-known entry
-                continue
-            types[vi.name] = (elem, shape)
-    for node in g.node:  # Constant nodes: shape from the attribute when inference did not record it
-        if node.op_type == "Constant" and node.output and node.output[0] not in types:
-            for a in node.attribute:
-                if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
-                    types[node.output[0]] = (a.t.data_type, tuple(int(d) for d in a.t.dims))
-    return types
-
-
-def _all_value_names(model: onnx.ModelProto) -> list[str]:
-    g = model.graph
-    names = [i.name for i in g.input] + [t.name for t in g.initializer]
-    names += [o for n in g.node for o in n.output if o]
-    seen: set[str] = set()
-    return [n for n in names if not (n in seen or seen.add(n))]
-
-
 def tensor_shape(model: onnx.ModelProto, name: str) -> Shape | None:
     """Shape of any value (input, output, intermediate, initializer); ``None`` when the rank is
     unknown. Unknown name → :class:`LayerNotFoundError` with suggestions."""
@@ -263,16 +217,16 @@ def tensor_dtype(model: onnx.ModelProto, name: str) -> int:
 
 
 def _tensor_type(model: onnx.ModelProto, name: str) -> tuple[int, Shape | None]:
-    types = _value_types(model)
+    types = value_types(model)
     if name in types and types[name][1] is not None and types[name][0]:
         return types[name]
-    types = _value_types(infer_shapes(model))
+    types = value_types(infer_shapes(model))
     if name in types:
         return types[name]
-    names = _all_value_names(model)
+    names = value_names(model)
     if name in names:
         return (0, None)
-    raise LayerNotFoundError(_not_found("tensor", name, names))
+    raise LayerNotFoundError(not_found("tensor", name, names))
 
 
 # --------------------------------------------------------------------------------------- layers
@@ -311,7 +265,7 @@ class Layer:
 
 def layer_table(model: onnx.ModelProto) -> list[Layer]:
     """One :class:`Layer` per node, in graph (topological) order, shapes from shape inference."""
-    types = _value_types(infer_shapes(model))
+    types = value_types(infer_shapes(model))
     rows = []
     for i, node in enumerate(model.graph.node):
         rows.append(Layer(
@@ -327,7 +281,7 @@ def layer_table(model: onnx.ModelProto) -> list[Layer]:
 
 def _layer(model: onnx.ModelProto, index: int) -> Layer:
     node = model.graph.node[index]
-    types = _value_types(infer_shapes(model))
+    types = value_types(infer_shapes(model))
     return Layer(index, node.name, node.op_type, tuple(node.input), tuple(node.output),
                  tuple(types.get(o, (0, None))[1] if o else None for o in node.output))
 
@@ -456,7 +410,7 @@ def _resolve(model: onnx.ModelProto, key: str | int) -> tuple[int, str]:
     for i, node in enumerate(nodes):
         if key in node.output:
             return i, key
-    groups = _groups(model, _value_types(infer_shapes(model)))
+    groups = _groups(model, value_types(infer_shapes(model)))
     for name, _, at, tensor in groups:
         if name == key:
             return at, tensor
@@ -478,7 +432,7 @@ def _resolve(model: onnx.ModelProto, key: str | int) -> tuple[int, str]:
     if best is not None:
         return -best[1], _first_output(nodes[-best[1]])
     candidates = [g[0] for g in groups] + layer_names(model) + [n.name for n in nodes if n.name]
-    raise LayerNotFoundError(_not_found("layer", key, candidates,
+    raise LayerNotFoundError(not_found("layer", key, candidates,
                                         hint="run `onnxviz layers MODEL` to list them"))
 
 
@@ -540,7 +494,7 @@ def model_layers(model: onnx.ModelProto) -> list[ModelLayer]:
     Concat ...), or that tf2onnx added (``Transpose__30``), joins the layer reading its output; any
     other node outside every scope is a layer of its own, named as the node (or its output).
     """
-    types = _value_types(infer_shapes(model))
+    types = value_types(infer_shapes(model))
     inits = {t.name: t for t in model.graph.initializer}
     rows = [ModelLayer(i.name, "input", i.name, types.get(i.name, (0, None))[1], 0, (), (), ())
             for i in model.graph.input if i.name not in inits]
@@ -671,19 +625,6 @@ def _modules_only(scopes: list[str] | None) -> list[str]:
     return scopes[1:-1] if scopes[0] == "" else scopes
 
 
-def _not_found(what: str, key: str, candidates: Iterable[str], hint: str = "") -> str:
-    pool = list(dict.fromkeys(c for c in candidates if c))
-    close = difflib.get_close_matches(str(key), pool, n=5, cutoff=0.5)
-    if not close:  # substring hits help with long scoped names
-        close = [c for c in pool if str(key).lower() in c.lower()][:5]
-    msg = f"no {what} named {key!r}"
-    if close:
-        msg += "; closest: " + ", ".join(close)
-    elif hint:
-        msg += f" ({hint})"
-    return msg
-
-
 # --------------------------------------------------------------------------------------- inputs
 @dataclass(frozen=True)
 class InputInfo:
@@ -731,7 +672,7 @@ def input_info(model: onnx.ModelProto) -> list[InputInfo]:
         if vi.name in inits:
             continue
         elem = vi.type.tensor_type.elem_type if vi.type.HasField("tensor_type") else 0
-        shape = _dims(vi.type)
+        shape = dims(vi.type)
         try:
             dtype = np.dtype(helper.tensor_dtype_to_np_dtype(elem)) if elem else np.dtype(np.float32)
         except Exception:
@@ -994,7 +935,7 @@ def model_summary(model: onnx.ModelProto) -> dict[str, Any]:
     """What ``onnxviz info`` shows, JSON-ready: inputs (shape, dtype, layout, range), outputs,
     opset, IR version, producer, parameter count, op histogram, metadata."""
     inferred = infer_shapes(model)
-    types = _value_types(inferred)
+    types = value_types(inferred)
     outputs = []
     for o in model.graph.output:
         elem, shape = types.get(o.name, (0, None))

@@ -12,6 +12,7 @@ from typing import Callable, Mapping, Sequence
 
 import onnx
 
+from .graphview import GraphView
 from .ops import CHANNELS_FIRST_OPS, CONSTANT_OPS, INPUT_PREPROCESSING_OPS, SAME_LAYOUT_OPS
 
 __all__ = ["CHANNELS_LAST", "guess_input_layout", "tensor_channel_axis"]
@@ -32,10 +33,7 @@ def guess_input_layout(model: onnx.ModelProto, name: str, shape: Sequence[int | 
         return None
     first, last = ("NCHW", "NHWC") if len(shape) == 4 else ("NCDHW", "NDHWC")
     to_first = [0, 3, 1, 2] if len(shape) == 4 else [0, 4, 1, 2, 3]
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for i in node.input:
-            consumers.setdefault(i, []).append(node)
+    consumers = GraphView(model).consumers
     frontier, seen = [name], set()
     for _ in range(4):  # a few preprocessing nodes deep
         nxt = []
@@ -71,7 +69,7 @@ def tensor_channel_axis(model: onnx.ModelProto, tensor: str, rank: int,
     if rank <= 2:
         return 1 if rank == 2 else None
     if producers is None:
-        producers = {o: n for n in model.graph.node for o in n.output if o}
+        producers = GraphView(model).producers
     inputs = {i.name for i in model.graph.input}
     for _ in range(_MAX_DEPTH):
         if tensor in inputs:

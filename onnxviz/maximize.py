@@ -612,12 +612,12 @@ class Maximizer:
 
     def _auto_batch_size(self, refs: Sequence[LayerRef]) -> int:
         """How many images fit in ``AUTO_BATCH_BYTES`` of activations (forward + backward)."""
-        from .graph import _value_types
+        from .graphview import value_types
 
         per_image = 0
         for r in refs:
             fn = self.function(r)
-            for elem, shape in _value_types(fn.model).values():
+            for elem, shape in value_types(fn.model).values():
                 if shape and len(shape) >= 2 and not isinstance(shape[0], int):
                     per_image += int(np.prod([d for d in shape[1:] if isinstance(d, int)])) * 4
         per_image = max(per_image * 2, 4 * int(np.prod(self.input.shape)))

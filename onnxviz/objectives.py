@@ -31,6 +31,7 @@ import numpy as np
 import onnx
 
 from .errors import OnnxvizError, ShapeError
+from .graphview import GraphView
 from .layout import tensor_channel_axis
 from .ops import FINAL_ACTIVATIONS
 
@@ -81,10 +82,6 @@ class BoundLayer:
         return "output" if self.ref.key is None else str(self.ref.key)
 
 
-def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
-    return {o: n for n in model.graph.node for o in n.output if o}
-
-
 def resolve_layer(model: onnx.ModelProto, ref: LayerRef) -> tuple[onnx.ModelProto, str, str | None]:
     """(model variant, tensor name, stripped activation) for ``ref``.
 
@@ -103,10 +100,7 @@ def resolve_layer(model: onnx.ModelProto, ref: LayerRef) -> tuple[onnx.ModelProt
     from .rewrite import expose
 
     axis = _softmax_axis(model, ref) if opset_version(model) >= 13 else 1
-    taken = {n for node in variant.graph.node for n in list(node.input) + list(node.output)}
-    name = tensor + "__log_softmax"
-    while name in taken:
-        name += "_"
+    name = GraphView(variant).fresh(tensor + "__log_softmax")
     out = onnx.ModelProto()
     out.CopyFrom(variant)
     out.graph.node.append(helper.make_node("LogSoftmax", [tensor], [name], axis=axis, name=name))
@@ -124,7 +118,7 @@ def _softmax_axis(model: onnx.ModelProto, ref: LayerRef) -> int:
         act = final_activation(model, tensor)
         node = model.graph.node[act.index] if act is not None else None
     else:
-        node = _producers(model).get(tensor)
+        node = GraphView(model).producers.get(tensor)
     attrs = {a.name: a.i for a in node.attribute} if node is not None else {}
     return int(attrs.get("axis", -1))
 
@@ -137,7 +131,7 @@ def _resolve_logits(model: onnx.ModelProto, ref: LayerRef) -> tuple[onnx.ModelPr
     key = ref.key
     if key is None:
         tensor = outputs[0]
-    elif isinstance(key, str) and (key in outputs or key in _producers(model)):
+    elif isinstance(key, str) and (key in outputs or key in GraphView(model).producers):
         tensor = key
     else:
         tensor = layer_output(model, key)
@@ -148,7 +142,7 @@ def _resolve_logits(model: onnx.ModelProto, ref: LayerRef) -> tuple[onnx.ModelPr
         if act is not None:
             return to_logits(model, tensor), tensor, act.op_type
         return model, tensor, None
-    node = _producers(model).get(tensor)
+    node = GraphView(model).producers.get(tensor)
     if node is not None and node.op_type in FINAL_ACTIVATIONS and node.domain in ("", "ai.onnx"):
         return model, node.input[0], node.op_type
     return model, tensor, None

@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 
 from .errors import OnnxvizError, RewriteError
+from .graphview import GraphView
 from .ops import ACTIVATIONS, CONV_OPS
 from .priors import resolve_prior
 
@@ -53,10 +54,7 @@ class ReportRecord:
 def conv_layers(model: onnx.ModelProto) -> list[str]:
     """Output tensors of the convolution layers in graph order, after their activation when a conv
     feeds exactly one elementwise activation (what a Keras ``Conv2D(activation=...)`` layer outputs)."""
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    readers = GraphView(model).consumers
     out = []
     for node in model.graph.node:
         if node.op_type not in CONV_OPS:

@@ -15,10 +15,10 @@ from typing import Iterable, Sequence
 import onnx
 from onnx import helper
 
-from .errors import LayerNotFoundError, RewriteError, ShapeError
+from .errors import LayerNotFoundError, RewriteError, ShapeError, not_found, one_line
+from .graph import check_structure, infer_shapes, opset_version, weights_as_inputs
+from .graphview import fresh_name, taken_names, value_names, value_types
 from .ops import FINAL_ACTIVATIONS, SHAPE_ONLY_OPS
-from .graph import (_all_value_names, _not_found, _one_line, _value_types, check_structure, infer_shapes,
-                    opset_version, weights_as_inputs)
 
 __all__ = ["FINAL_ACTIVATIONS", "PASS_THROUGH_OPS", "FinalActivation", "final_activation", "to_logits",
            "expose", "truncate", "upgrade_opset"]
@@ -63,24 +63,6 @@ def _node_reads(node: onnx.NodeProto) -> set[str]:
     return {i for i in node.input if i} | _subgraph_refs(node)
 
 
-def _fresh(base: str, taken: set[str]) -> str:
-    name, i = base, 0
-    while name in taken:
-        i += 1
-        name = f"{base}_{i}"
-    taken.add(name)
-    return name
-
-
-def _taken_names(graph: onnx.GraphProto) -> set[str]:
-    names = {vi.name for vi in list(graph.input) + list(graph.output) + list(graph.value_info)}
-    names |= {t.name for t in graph.initializer} | {n.name for n in graph.node}
-    for n in graph.node:
-        names.update(n.input)
-        names.update(n.output)
-    return names
-
-
 def _remove_dead(graph: onnx.GraphProto) -> None:
     """Drop nodes whose outputs nobody reads, then initializers nobody reads, then stale value_info."""
     outputs = {o.name for o in graph.output}
@@ -121,7 +103,7 @@ def _output_value_info(model: onnx.ModelProto, names: Iterable[str]) -> dict[str
     missing = [n for n in names if n not in existing]
     result = {n: existing[n] for n in names if n in existing}
     if missing:
-        types = _value_types(infer_shapes(model))
+        types = value_types(infer_shapes(model))
         for n in missing:
             elem, shape = types.get(n, (0, None))
             if not elem:
@@ -134,10 +116,10 @@ def _output_value_info(model: onnx.ModelProto, names: Iterable[str]) -> dict[str
 
 
 def _check_names(model: onnx.ModelProto, names: Sequence[str]) -> None:
-    known = set(_all_value_names(model))
+    known = set(value_names(model))
     for n in names:
         if n not in known:
-            raise LayerNotFoundError(_not_found("tensor", n, _all_value_names(model)))
+            raise LayerNotFoundError(not_found("tensor", n, value_names(model)))
 
 
 def _graph_output(model: onnx.ModelProto, output: str | int | None) -> str:
@@ -153,7 +135,7 @@ def _graph_output(model: onnx.ModelProto, output: str | int | None) -> str:
         return outs[output]
     if output in outs:
         return output
-    raise LayerNotFoundError(_not_found("graph output", str(output), outs) +
+    raise LayerNotFoundError(not_found("graph output", str(output), outs) +
                              f" (outputs: {', '.join(outs)})")
 
 
@@ -206,11 +188,11 @@ def to_logits(model: onnx.ModelProto, output: str | int | None = None) -> onnx.M
     m = _copy(model)
     g = m.graph
     nodes = list(g.node)
-    taken = _taken_names(g)
+    taken = taken_names(g)
     x = nodes[act].input[0]
     # the old producer of `out` keeps working under a new name for anyone else who reads it
     last = chain[0] if chain else act
-    old_out = _fresh(out + "__probs", taken)
+    old_out = fresh_name(out + "__probs", taken)
     nodes[last] = _with_output(nodes[last], out, old_out)
     for i, n in enumerate(nodes):
         if i != last and out in _node_reads(n):
@@ -222,15 +204,15 @@ def to_logits(model: onnx.ModelProto, output: str | int | None = None) -> onnx.M
         for j, i in enumerate(reversed(chain)):
             c = onnx.NodeProto()
             c.CopyFrom(model.graph.node[i])
-            c.name = _fresh((c.name or c.op_type) + "__logits", taken)
+            c.name = fresh_name((c.name or c.op_type) + "__logits", taken)
             c.input[0] = src
             del c.output[1:]
-            c.output[0] = out if j == len(chain) - 1 else _fresh(c.output[0] + "__logits", taken)
+            c.output[0] = out if j == len(chain) - 1 else fresh_name(c.output[0] + "__logits", taken)
             src = c.output[0]
             new_nodes.append(c)
     else:
         new_nodes.append(helper.make_node("Identity", [x], [out],
-                                          name=_fresh((nodes[act].name or "logits") + "__logits", taken)))
+                                          name=fresh_name((nodes[act].name or "logits") + "__logits", taken)))
     nodes[last + 1:last + 1] = new_nodes
     del g.node[:]
     g.node.extend(nodes)
@@ -355,7 +337,7 @@ def upgrade_opset(model: onnx.ModelProto, target: int = 18) -> onnx.ModelProto:
     try:
         converted = onnx.version_converter.convert_version(light, target)
     except Exception as e:
-        reason = re.sub(r"^\S+\.cc:\d+:\s*\w+:\s*", "", _one_line(e))  # drop the C++ source location
+        reason = re.sub(r"^\S+\.cc:\d+:\s*\w+:\s*", "", one_line(e))  # drop the C++ source location
         raise RewriteError(f"cannot upgrade opset {current} to {target}: {reason}") from None
     _restore_weights(model, light, converted)
     if current < 7 <= target:
@@ -374,7 +356,7 @@ def upgrade_opset(model: onnx.ModelProto, target: int = 18) -> onnx.ModelProto:
         check_structure(converted)
     except Exception as e:
         raise RewriteError(f"opset {current} to {target} conversion gave an invalid model: "
-                           f"{_one_line(e)}") from None
+                           f"{one_line(e)}") from None
     return converted
 
 
@@ -397,8 +379,8 @@ def _align_legacy_prelu_slopes(old: onnx.ModelProto, new: onnx.ModelProto) -> No
     numpy-style from the last axis, where (C,) meets the width, and onnx's version converter keeps the
     slope as it is (onnxruntime then fails, or broadcasts the wrong axis). Reshape such slopes to
     (C, 1, ..., 1) in front of their PRelu; a slope of one value means the same either way."""
-    types = _value_types(infer_shapes(old))
-    taken = _taken_names(new.graph)
+    types = value_types(infer_shapes(old))
+    taken = taken_names(new.graph)
     nodes: list[onnx.NodeProto] = []
     for node in new.graph.node:
         if node.op_type == "PRelu" and len(node.input) == 2:
@@ -408,11 +390,11 @@ def _align_legacy_prelu_slopes(old: onnx.ModelProto, new: onnx.ModelProto) -> No
             if pad > 0 and not all(d == 1 for d in slope_shape):
                 slope = node.input[1]
                 dims = [d if isinstance(d, int) and d > 0 else 0 for d in slope_shape] + [1] * pad  # 0: keep
-                shape = _fresh(f"{slope}_legacy_shape", taken)
+                shape = fresh_name(f"{slope}_legacy_shape", taken)
                 new.graph.initializer.append(helper.make_tensor(shape, onnx.TensorProto.INT64, [len(dims)], dims))
-                aligned = _fresh(f"{slope}_legacy_aligned", taken)
+                aligned = fresh_name(f"{slope}_legacy_aligned", taken)
                 nodes.append(helper.make_node("Reshape", [slope, shape], [aligned],
-                                              name=_fresh(f"{node.name or 'PRelu'}_legacy_slope", taken)))
+                                              name=fresh_name(f"{node.name or 'PRelu'}_legacy_slope", taken)))
                 node.input[1] = aligned
         nodes.append(node)
     del new.graph.node[:]

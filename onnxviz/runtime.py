@@ -19,8 +19,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 import onnx
 
-from .errors import ModelLoadError, OnnxvizError
-from .graph import _one_line
+from .errors import ModelLoadError, OnnxvizError, one_line
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -87,7 +86,7 @@ def _run_probe() -> tuple[list[str], str]:
                 else:
                     reason = "CUDAExecutionProvider failed to load"
             except Exception as e:  # noqa: BLE001 - any failure means "no CUDA"
-                reason = _one_line(e)
+                reason = one_line(e)
             finally:
                 ort.set_default_logger_severity(3)
         if not ok:
@@ -109,7 +108,7 @@ def _explain(log: str, reason: str) -> str:
         lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", log).splitlines() if ln.strip()]
         if lines:
             parts.append(lines[0])
-    detail = _one_line("; ".join(parts), 300)
+    detail = one_line("; ".join(parts), 300)
     return f"{reason} ({detail})" if detail and reason else (detail or reason)
 
 
@@ -194,7 +193,7 @@ def make_session(model: onnx.ModelProto | bytes | str | os.PathLike,
             return ort.InferenceSession(source, opts, providers=provider_list,
                                         disabled_optimizers=list(DISABLED_OPTIMIZERS))
         except Exception as e:  # onnxruntime cannot load/run this graph (unsupported op, bad model)
-            raise ModelLoadError(f"onnxruntime cannot load the model: {_one_line(e)}") from None
+            raise ModelLoadError(f"onnxruntime cannot load the model: {one_line(e)}") from None
     finally:
         if tmpdir is not None:
             tmpdir.cleanup()

@@ -17,7 +17,6 @@ test can redraw values that are too close for finite differences.
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Callable
 

@@ -11,8 +11,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import models as M
-from onnxviz import graph
 from onnxviz.errors import LayerNotFoundError, ModelLoadError, OnnxvizError
+from onnxviz.graphview import dims
 from onnxviz.graph import (
     META_CLASSES, META_LAYOUT, META_RANGE, class_names, find_layer, infer_shapes, input_info,
     layer_table, load_model, metadata, model_summary, opset_version, parameter_count, set_metadata,
@@ -122,7 +122,7 @@ def test_infer_shapes_keeps_symbolic_batch_and_does_not_mutate():
     before = model.SerializeToString()
     inferred = infer_shapes(model)
     assert model.SerializeToString() == before
-    shapes = {vi.name: graph._dims(vi.type) for vi in inferred.graph.value_info}
+    shapes = {vi.name: dims(vi.type) for vi in inferred.graph.value_info}
     assert shapes["conv_out"] == ("N", 4, 8, 8)
     assert shapes["pool_out"] == ("N", 4, 4, 4)
 

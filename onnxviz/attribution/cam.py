@@ -180,7 +180,7 @@ def with_feature_delta(model: onnx.ModelProto, feature: str) -> tuple[onnx.Model
     ``feature`` before every node that reads it; ``(model, delta's name)``. The gradient w.r.t.
     ``delta`` at 0 is the gradient w.r.t. ``feature`` (the autodiff differentiates w.r.t. inputs)."""
     from ..graph import tensor_dtype, tensor_shape
-    from ..rewrite import _fresh
+    from ..graphview import fresh_name
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -189,8 +189,8 @@ def with_feature_delta(model: onnx.ModelProto, feature: str) -> tuple[onnx.Model
     taken |= {x for n in g.node for x in list(n.input) + list(n.output)} | {n.name for n in g.node}
     elem = tensor_dtype(model, feature) or onnx.TensorProto.FLOAT
     shape = tensor_shape(model, feature)
-    delta = _fresh(DELTA, taken)
-    shifted = _fresh(feature + "__onnxviz_shifted", taken)
+    delta = fresh_name(DELTA, taken)
+    shifted = fresh_name(feature + "__onnxviz_shifted", taken)
     nodes = list(g.node)
     at = next((i for i, n in enumerate(nodes) if feature in n.output), -1)
     for n in nodes:
@@ -198,7 +198,7 @@ def with_feature_delta(model: onnx.ModelProto, feature: str) -> tuple[onnx.Model
             if name == feature:
                 n.input[k] = shifted
     nodes.insert(at + 1, helper.make_node("Add", [feature, delta], [shifted],
-                                          name=_fresh("onnxviz_feature_shift", taken)))
+                                          name=fresh_name("onnxviz_feature_shift", taken)))
     del g.node[:]
     g.node.extend(nodes)
     dims = None if shape is None else [d if isinstance(d, (int, str)) and d != 0 else None for d in shape]

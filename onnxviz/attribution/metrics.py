@@ -21,6 +21,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import OnnxvizError
+from ..graphview import GraphView
 from ..ops import WEIGHT_OPS, WEIGHT_PASS_THROUGH_OPS
 from .core import Attribution, Attributor, as_attributor
 
@@ -194,15 +195,10 @@ def weight_layers(model: onnx.ModelProto) -> list[WeightLayer]:
     """Nodes with weights, in graph order: Conv / ConvTranspose / Gemm / MatMul with an
     initializer operand (through Identity / Cast / Transpose / Reshape), with the bias of a
     following ``Add`` of an initializer for MatMul (as exporters write Dense layers)."""
-    g = model.graph
-    inits = {t.name: t for t in g.initializer}
-    producers = {o: n for n in g.node for o in n.output if o}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    view = GraphView(model)
+    inits, producers, consumers = view.initializers, view.producers, view.consumers
     layers = []
-    for node in g.node:
+    for node in model.graph.node:
         if node.op_type not in WEIGHT_OPS or node.domain not in ("", "ai.onnx"):
             continue
         names = []
