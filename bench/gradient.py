@@ -321,7 +321,7 @@ def profile_gradient(fn: GradientFunction, x: np.ndarray, cotangent: np.ndarray,
     op types, with the forward op they differentiate, that take the most time."""
     import onnxruntime as ort
 
-    from onnxviz.runtime import _provider_list
+    from onnxviz.runtime import resolve_providers
 
     backward_of = {n.name: n.doc_string.removeprefix("gradient of ") for n in fn.model.graph.node
                    if n.doc_string.startswith("gradient of ")}
@@ -334,7 +334,7 @@ def profile_gradient(fn: GradientFunction, x: np.ndarray, cotangent: np.ndarray,
         options.intra_op_num_threads = threads
     with tempfile.TemporaryDirectory(prefix="onnxviz-bench-") as tmp:
         options.profile_file_prefix = os.path.join(tmp, "profile")
-        session = ort.InferenceSession(fn.model.SerializeToString(), options, providers=_provider_list(providers))
+        session = ort.InferenceSession(fn.model.SerializeToString(), options, providers=resolve_providers(providers))
         feeds = {session.get_inputs()[0].name: x, session.get_inputs()[-1].name: cotangent}
         for _ in range(warmup + runs):
             session.run(None, feeds)
@@ -375,7 +375,7 @@ def probe(kind: str, model_path: str, batch: int, providers: str) -> None:
     gradients, workspace)."""
     import onnxruntime as ort
 
-    from onnxviz.runtime import _provider_list
+    from onnxviz.runtime import resolve_providers
 
     gc.collect()
     imports_kib = status_value("VmRSS")
@@ -389,7 +389,7 @@ def probe(kind: str, model_path: str, batch: int, providers: str) -> None:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     options.enable_cpu_mem_arena = False
-    session = ort.InferenceSession(model_path, options, providers=_provider_list(providers))
+    session = ort.InferenceSession(model_path, options, providers=resolve_providers(providers))
     rng = np.random.default_rng(0)
     feeds = {}
     for i, value in enumerate(session.get_inputs()):

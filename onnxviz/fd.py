@@ -274,12 +274,6 @@ class Float64Reference:
 
 # ---- estimators ------------------------------------------------------------------------------------
 
-def directional_derivative(f: Callable[[np.ndarray], float], x: np.ndarray, v: np.ndarray,
-                           eps: float = 1e-6) -> float:
-    """Central difference (f(x + eps v) - f(x - eps v)) / (2 eps) of a scalar function."""
-    return (f(x + eps * v) - f(x - eps * v)) / (2 * eps)
-
-
 def _chunks(total: int, size: int):
     for start in range(0, total, size):
         yield start, min(start + size, total)

@@ -14,7 +14,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import onnx
@@ -24,7 +24,7 @@ from .errors import ModelLoadError, OnnxvizError, one_line
 if TYPE_CHECKING:
     import onnxruntime
 
-__all__ = ["PROVIDER_CHOICES", "available_providers", "cuda_unavailable_reason", "make_session", "run"]
+__all__ = ["PROVIDER_CHOICES", "available_providers", "cuda_unavailable_reason", "make_session", "resolve_providers"]
 
 PROVIDER_CHOICES = ("auto", "cpu", "cuda")
 #: onnxruntime graph rewrites every session turns off because they change results. "Pad_Fusion"
@@ -138,7 +138,9 @@ class _redirect_fds:
             os.close(copy)
 
 
-def _provider_list(providers: str | Sequence[str]) -> list[str]:
+def resolve_providers(providers: str | Sequence[str]) -> list[str]:
+    """onnxruntime's provider list for ``auto`` / ``cpu`` / ``cuda`` (or an explicit list, kept);
+    ``cuda`` where CUDA is unavailable, or an unknown choice, is an :class:`OnnxvizError`."""
     if not isinstance(providers, str):
         return list(providers)
     choice = providers.strip().lower()
@@ -163,7 +165,7 @@ def make_session(model: onnx.ModelProto | bytes | str | os.PathLike,
     ``threads`` intra-op threads (onnxruntime's default when ``None``)."""
     import onnxruntime as ort
 
-    provider_list = _provider_list(providers)
+    provider_list = resolve_providers(providers)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
@@ -199,22 +201,3 @@ def make_session(model: onnx.ModelProto | bytes | str | os.PathLike,
             tmpdir.cleanup()
 
 
-def run(session: "onnxruntime.InferenceSession", feeds: Mapping[str, Any],
-        outputs: Sequence[str] | None = None) -> list[np.ndarray]:
-    """``session.run`` with feeds converted to contiguous arrays of the input's dtype."""
-    types = {i.name: i.type for i in session.get_inputs()}
-    prepared = {}
-    for name, value in feeds.items():
-        arr = np.asarray(value)
-        want = _ORT_DTYPES.get(types.get(name, ""))
-        if want is not None and arr.dtype != want:
-            arr = arr.astype(want)
-        prepared[name] = np.ascontiguousarray(arr)
-    return session.run(list(outputs) if outputs is not None else None, prepared)
-
-
-_ORT_DTYPES = {
-    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
-    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8,
-    "tensor(int8)": np.int8, "tensor(bool)": np.bool_,
-}

@@ -349,14 +349,3 @@ class Pipeline:
 
     def describe(self) -> dict[str, Any]:
         return {"transforms": [t.describe() for t in self.transforms], "mode": self.mode, "fill": self.fill}
-
-
-def transform_from_dict(d: dict[str, Any]) -> Transform:
-    """Inverse of ``Transform.describe()`` (for settings records)."""
-    kind = d.get("type")
-    args = {k: v for k, v in d.items() if k != "type"}
-    classes = {"pad": Pad, "jitter": Jitter, "translate": Translate, "scale": Scale, "rotate": Rotate,
-               "center_crop": CenterCrop}
-    if kind not in classes:
-        raise OnnxvizError(f"unknown transform {kind!r}")
-    return classes[kind](**args)

@@ -9,7 +9,7 @@ from onnx import TensorProto, helper
 import models as M
 from onnxviz import runtime
 from onnxviz.errors import ModelLoadError, OnnxvizError
-from onnxviz.runtime import available_providers, make_session, run
+from onnxviz.runtime import available_providers, make_session
 
 
 def _cuda_works() -> bool:
@@ -33,7 +33,7 @@ def test_auto_session_runs_quietly(capfd):
     model = M.conv_net()
     sess = make_session(model, "auto", threads=1)
     feeds = M.random_input(model, batch=2)
-    out = run(sess, feeds)[0]
+    out = sess.run(None, feeds)[0]
     assert out.shape == (2, 10)
     np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(out, M.run(model, feeds)[0], rtol=1e-5)
@@ -52,14 +52,6 @@ def test_session_from_bytes_and_path(tmp_path):
         sess = make_session(source, "cpu")
         assert sess.get_providers() == ["CPUExecutionProvider"]
         np.testing.assert_allclose(sess.run(None, feeds)[0], want)
-
-
-def test_run_converts_feed_dtype():
-    model = M.two_input_net()
-    sess = make_session(model, "cpu")
-    feeds = {k: v.astype(np.float64) for k, v in M.random_input(model).items()}
-    out = run(sess, feeds, ["y"])[0]
-    assert out.dtype == np.float32 and out.shape == (2, 3)
 
 
 def test_cuda_unavailable_is_a_user_error():
