@@ -200,8 +200,8 @@ def positive_mask(g, z: str) -> str | None:
     HardSigmoid(alpha=2^127, beta=0) nodes: ``min(1, 2^127 z)`` is 1 for z >= 2^-127 and at least
     2^-22 for the smallest denormal, so a second one gives exactly 1 for every z > 0, 0 for z = 0.
     onnxruntime runs HardSigmoid and Mul on its blocked NCHWc layout, so a ReLU mask between two
-    convolutions stays in that layout (a Greater + Where pair forces two reorders to NCHW and runs
-    ~4x slower per element). ``None`` for other dtypes (the exactness argument is float32's)."""
+    convolutions stays in that layout (a Greater + Where pair forces two reorders to NCHW).
+    ``None`` for other dtypes (the exactness argument is float32's)."""
     if g.info.dtype(z) != onnx.TensorProto.FLOAT:
         return None
     once = g.HardSigmoid(z, alpha=_MASK_SLOPE, beta=0.0)

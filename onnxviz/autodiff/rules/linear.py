@@ -14,7 +14,7 @@ from . import rule
 
 _SAME = ("SAME_UPPER", "SAME_LOWER")
 #: Stride-1 Conv backward passes producing fewer channels than this stay ConvTranspose (onnxruntime's
-#: blocked Conv is slow at few output channels: 5x slower for mnist_cnn's 32 -> 1 image gradient).
+#: blocked Conv is slow at few output channels).
 FLIP_MIN_CHANNELS = 16
 
 
@@ -98,9 +98,8 @@ def transpose_conv_back(g, node, gy: str, x: str, w: str, group: int) -> str:
 def _stride_one_back(g, node, gy: str, w: str, group: int, kernel, dilations) -> str | None:
     """dX of a stride-1 Conv as another Conv: the full correlation of the cotangent with the
     kernel flipped in space and with input/output channels swapped (per group), padded by
-    ``d * (k - 1) - pad`` on each side. onnxruntime runs Conv on its blocked NCHWc path and
-    ConvTranspose through col2im (interleaved A/B: ResNet50 batch-1 step 278 -> 262 ms; mnist_cnn
-    within noise). The pads do not depend on the input size at stride 1, so symbolic spatial
+    ``d * (k - 1) - pad`` on each side, because onnxruntime runs Conv on its blocked NCHWc path and
+    ConvTranspose through col2im. The pads do not depend on the input size at stride 1, so symbolic spatial
     dims and auto_pad SAME_* need nothing at run time. None when a pad exceeds the kernel's reach
     (rare; the ConvTranspose path handles it)."""
     k = len(kernel)

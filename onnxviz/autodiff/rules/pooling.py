@@ -91,13 +91,10 @@ def _max_pool_tiles(g, node, gz: str, x: str, kernel, out) -> str:
     real digits tie exactly).
 
     Asking the forward MaxPool for Indices would move it off onnxruntime's fast pooling kernel
-    (measured: 193 us instead of 9 us on mnist_cnn). Here everything is elementwise at full
-    resolution or a pooling: window values are replicated by a nearest-neighbour Resize
-    (broadcasting a 6-D window view measured 10x slower), and the first maximum is found by giving
-    each maximum a score that falls with its position in the window and max-pooling the scores
-    (small integers, compared exactly). End to end it measures the same as the Indices path on
-    mnist_cnn (batch 1 to 100, interleaved A/B, bit-identical gradients): what the fast forward
-    saves, the elementwise backward spends.
+    (bench/README.md, "Measurements behind the code"). Here everything is elementwise at full
+    resolution or a pooling: window values are replicated by a nearest-neighbour Resize, and the
+    first maximum is found by giving each maximum a score that falls with its position in the
+    window and max-pooling the scores (small integers, compared exactly).
 
     After a Relu (the common conv -> relu -> pool), the Relu's mask is applied here, at the pooled
     resolution: a window's maximum is 0 exactly when the Relu zeroed its first maximum, so masking
