@@ -69,28 +69,11 @@ from .objectives import Objective, channel, direction, diversity, neuron, unit
 from .params import ImageParam, image_param
 from .render import grid_image, overlay, save_gif, save_grid, save_npy, save_result, to_display
 from .report import ReportRecord, build_report, write_report
+from .version import __version__
 from .fvsanity import VisualizationSanity, visualization_sanity
 from . import regularizers, transforms  # noqa: E402 - namespaces for maximize(transforms=..., regularizers=...)
 
 
-def _version() -> str:
-    try:
-        from importlib.metadata import PackageNotFoundError, version
-
-        return version("onnxviz")
-    except PackageNotFoundError:  # a source checkout that was never installed: read pyproject.toml
-        import re
-        from pathlib import Path
-
-        try:
-            text = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
-            found = re.search(r'^version\s*=\s*"([^"]+)"', text, re.M)
-            return found.group(1) if found else "0+unknown"
-        except OSError:
-            return "0+unknown"
-
-
-__version__ = _version()
 
 __all__ = [
     "__version__", "build_report", "write_report", "ReportRecord", "visualization_sanity", "VisualizationSanity",

@@ -20,10 +20,23 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import onnx
 
+from .attribution import Attributor, attribute
+from .autodiff import plan, prepare
+from .datasets import SHAPE_CLASSES, make_shapes
 from .errors import OnnxvizError, RewriteError
+from .fileio import check_outputs, check_suffix, write_files
+from .fvsanity import visualization_sanity
+from .graph import META_CLASSES, check_class_names, layer_output, layer_table, load_model, model_summary, set_metadata
+from .graph import class_names as metadata_class_names
 from .graphview import GraphView
+from .images import load_images, model_input
+from .maximize import Maximizer
 from .ops import ACTIVATIONS, CONV_OPS
 from .priors import resolve_prior
+from .render import grid_image, overlay
+from .rewrite import to_logits
+from .runtime import available_providers
+from .version import __version__
 
 #: Attribution methods shown per example image (label, attribute() method name).
 ATTRIBUTION_METHODS = (("saliency", "vanilla"), ("integrated gradients", "ig"), ("Grad-CAM", "gradcam"))
@@ -88,8 +101,6 @@ def example_images(model: onnx.ModelProto, spec: Any, n: int = 4, seed: int = 0)
     if spec.channels == 1 and (spec.height, spec.width) == (28, 28):
         return _rendered_digits(n, seed), [f"rendered '{d}'" for d in _digits(n, seed)]
     if spec.channels == 3 and spec.height == spec.width and spec.height >= 16:
-        from .datasets import SHAPE_CLASSES, make_shapes
-
         images, labels = make_shapes(n, size=spec.height, seed=seed)
         return images.astype(np.float32) / 255.0, [f"generated {SHAPE_CLASSES[i]}" for i in labels]
     return None
@@ -172,8 +183,6 @@ def sanity_section(check: Any) -> str:
     """The randomized-model control of the class images (a :class:`~onnxviz.fvsanity.VisualizationSanity`):
     the trained model's images above each randomized copy's (same units, same seed, columns aligned),
     the numbers per stage, and the verdict."""
-    from .render import grid_image
-
     rows = []
     for stage in check.stages:
         what = "trained model" if not stage.layers else f"randomized from the top: {', '.join(stage.layers)}"
@@ -200,6 +209,22 @@ def sanity_section(check: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------- the report
+@dataclass
+class _Job:
+    """What every section of one report reads: the model, its labels, the engine and the record."""
+
+    model: onnx.ModelProto
+    source_label: str
+    names: list[str] | None
+    engine: Maximizer
+    record: ReportRecord
+    plan: Any
+    prior: Any
+    seed: int
+    steps: int | None
+    providers: str
+
+
 def build_report(model: onnx.ModelProto | str | bytes, *, layers: Sequence[str] | str = "auto",
                  units_per_layer: int = 8, images: Sequence[str] | None = None, steps: int | None = None,
                  seed: int = 0, providers: str = "auto", command: str | None = None,
@@ -211,188 +236,194 @@ def build_report(model: onnx.ModelProto | str | bytes, *, layers: Sequence[str] 
     over the metadata's ``onnxviz.class_names``. ``prior`` (as in :func:`~onnxviz.maximize.maximize`;
     ``"auto"``: ``MODEL.prior.npz`` beside a model file) shapes the class pictures and their control.
     ``classes``: at most this many class pictures, spread over the output units (all when fewer):
-    the work is bounded by the options, not by the model (a 1000-class model would otherwise
-    optimize, and randomize-check, 1000 images)."""
-    import onnxruntime
-
-    from . import __version__
-    from .attribution import Attributor, attribute
-    from .autodiff import plan, prepare
-    from .graph import META_CLASSES, check_class_names, layer_output, layer_table, load_model, model_summary
-    from .graph import class_names as metadata_class_names
-    from .graph import set_metadata
-    from .images import load_images, model_input
-    from .maximize import Maximizer
-    from .render import grid_image, overlay
-    from .rewrite import to_logits
-    from .runtime import available_providers
-
+    the work is bounded by the options, not by the model."""
     if units_per_layer < 1 or classes < 1:
         raise OnnxvizError("units_per_layer and classes must be at least 1")
     started = time.perf_counter()
+    job = _start(model, layers, units_per_layer, images, steps, seed, providers, command, class_names, prior)
+    record = job.record
+    report = progress or (lambda what, done, total: None)
+    total = len(record.layers) + 2 + int(sanity)
+    parts = [_summary_section(job), _layers_section(job)]
+    parts.append(_channels_section(job, units_per_layer, report, total))
+    done = len(record.layers)
+    report("classes", done, total)
+    parts.append(_classes_section(job, classes))
+    done += 1
+    if sanity:
+        report("sanity check", done, total)
+        parts.append(_sanity_control_section(job))
+        done += 1
+    report("attribution", done, total)
+    parts.append(_attribution_section(job, images))
+    done += 1
+    report("done", done, total)
+    record.seconds = time.perf_counter() - started
+    parts.append(_reproducibility_section(job))
+    record.sections = ["summary", "layers", "channels", "classes", *(["sanity"] if sanity else []), "attribution",
+                       "reproducibility"]
+    return _page(job.source_label, parts), record
+
+
+def _start(model: Any, layers: Sequence[str] | str, units_per_layer: int, images: Sequence[str] | None,
+           steps: int | None, seed: int, providers: str, command: str | None, class_names: Any,
+           prior: Any) -> _Job:
+    """Load the model, apply the caller's class names, plan its gradient, open the engine."""
     source_label = str(model) if isinstance(model, (str, Path)) else "model"
     source_path = Path(model) if isinstance(model, (str, Path)) else None
     model = load_model(model)
-    summary = model_summary(model)
-    table = layer_table(model)
     if class_names is not None:  # the caller's names, for every label below (the file is not changed)
         names: list[str] | None = list(check_class_names(model, class_names))
         model = set_metadata(model, **{META_CLASSES: names})
     else:
         names = metadata_class_names(model)
-    report = progress or (lambda what, done, total: None)
-
     try:
         logits_model = to_logits(model)
     except RewriteError:
         logits_model = model
-    prepared, target = prepare(logits_model)
-    the_plan = plan(prepared, target)
-    ops_in_path = sorted({n.op_type for n in the_plan.nodes})
-
-    chosen = auto_layers(model) if layers == "auto" else [
-        layer_output(model, l) for l in layers]
+    the_plan = plan(*prepare(logits_model))
+    chosen = auto_layers(model) if layers == "auto" else [layer_output(model, name) for name in layers]
     record = ReportRecord(model=source_label, layers=list(chosen), units_per_layer=units_per_layer,
                           images=[str(p) for p in images or []], seed=seed, steps=steps,
                           gradient_method="graph" if the_plan.supported else "fd",
                           unsupported_ops=sorted(the_plan.unsupported),
                           command=command or "onnxviz.report.build_report(...)")
-    spec = model_input(model)
     engine = Maximizer(model, providers=providers)
     used_prior = resolve_prior(prior, model, source_path, engine.input)
     record.prior = None if used_prior is None else used_prior.describe()
-    total = len(chosen) + 2 + int(sanity)
-    done = 0
-    parts: list[str] = []
+    return _Job(model, source_label, names, engine, record, the_plan, used_prior, seed, steps, providers)
 
-    # -- summary --------------------------------------------------------------------------------
+
+def _summary_section(job: _Job) -> str:
+    summary = model_summary(job.model)
     inputs = [(i["name"], _shape(i["shape"]), i["dtype"], i["layout"] or "-", f"[{i['range'][0]:g}, {i['range'][1]:g}]"
                + (" (guessed)" if i.get("range_guessed") else "")) for i in summary["inputs"]]
     outputs = [(o["name"], _shape(o["shape"]), o["dtype"] or "?") for o in summary["outputs"]]
     ops = ", ".join(f"{op} ×{n}" for op, n in summary["ops"].items())
-    coverage = (f"every op on the path from the input to the logits has a gradient rule "
-                f"({', '.join(ops_in_path)}): gradients come from the ONNX gradient graph.")
-    if not the_plan.supported:
-        missing = "; ".join(f"{op} ({', '.join(n[:3])})" for op, n in the_plan.unsupported.items())
+    ops_in_path = sorted({n.op_type for n in job.plan.nodes})
+    if job.plan.supported:
+        coverage = html.escape(f"every op on the path from the input to the logits has a gradient rule "
+                               f"({', '.join(ops_in_path)}): gradients come from the ONNX gradient graph.")
+    else:
+        missing = "; ".join(f"{op} ({', '.join(n[:3])})" for op, n in job.plan.unsupported.items())
         coverage = (f'<span class="warn">No gradient rule for: {html.escape(missing)}.</span> '
                     "Visualizations and saliency below use finite differences (slower, approximate).")
-    else:
-        coverage = html.escape(coverage)
-    body = (f"<p><b>{html.escape(source_label)}</b> — opset {summary['opset']}, producer "
+    body = (f"<p><b>{html.escape(job.source_label)}</b> — opset {summary['opset']}, producer "
             f"{html.escape(str(summary['producer'] or '?'))}, {summary['parameters']:,} parameters, "
             f"{summary['nodes']} nodes.</p>"
             f"<h3>Inputs</h3>{_table(['name', 'shape', 'dtype', 'layout', 'value range'], inputs)}"
             f"<h3>Outputs</h3>{_table(['name', 'shape', 'dtype'], outputs)}"
-            + (f"<h3>Classes</h3><p>{html.escape(', '.join(names))}</p>" if names else "")
+            + (f"<h3>Classes</h3><p>{html.escape(', '.join(job.names))}</p>" if job.names else "")
             + f"<h3>Ops</h3><p>{html.escape(ops)}</p>"
             f"<h3>Gradient coverage</h3><p>{coverage}</p>")
-    parts.append(_section("summary", "Model summary", body))
+    return _section("summary", "Model summary", body)
 
-    rows = [(l.index, l.name, l.op_type, ", ".join(l.outputs), "; ".join(_shape(s) for s in l.shapes)) for l in table]
-    parts.append(_section("layers", "Layers", '<div class="layertable">'
-                          + _table(["#", "name", "op", "outputs", "shape"], rows) + "</div>"))
 
-    # -- channel visualizations -----------------------------------------------------------------
+def _layers_section(job: _Job) -> str:
+    rows = [(l.index, l.name, l.op_type, ", ".join(l.outputs), "; ".join(_shape(s) for s in l.shapes))
+            for l in layer_table(job.model)]
+    return _section("layers", "Layers", '<div class="layertable">'
+                    + _table(["#", "name", "op", "outputs", "shape"], rows) + "</div>")
+
+
+def _channels_section(job: _Job, units_per_layer: int, report: Progress, total: int) -> str:
     body = ""
-    for tensor in chosen:
+    for done, tensor in enumerate(job.record.layers):
         report(f"layer {tensor}", done, total)
-        count = engine.layer_size(tensor, logits=False)
+        count = job.engine.layer_size(tensor, logits=False)
         units = list(range(min(units_per_layer, count)))
-        result = engine.run(tensor, units, steps=steps, seed=seed, logits=False)
+        result = job.engine.run(tensor, units, steps=job.steps, seed=job.seed, logits=False)
         grid = grid_image(result.images, result.labels, layout=result.layout, value_range=result.value_range)
         body += (f'<div class="card"><h3>{html.escape(tensor)}</h3><p class="muted">channels '
                  f"{units[0]}–{units[-1]} of {count}, {result.settings.get('steps')} steps, "
                  f"{result.seconds:.1f} s</p>{_img(grid, f'channels of {tensor}')}</div>")
-        done += 1
-    if not chosen:
+    if not job.record.layers:
         body = '<p class="muted">No convolution layers found; nothing to show per channel.</p>'
-    parts.append(_section("channels", "What the convolution channels respond to", body))
+    return _section("channels", "What the convolution channels respond to", body)
 
-    # -- class visualizations -------------------------------------------------------------------
-    report("classes", done, total)
-    count = engine.layer_size(None)
-    record.classes = spread(count, classes)
-    shown = engine.run(None, record.classes, steps=steps, seed=seed, prior=used_prior)
+
+def _classes_section(job: _Job, classes: int) -> str:
+    count = job.engine.layer_size(None)
+    job.record.classes = spread(count, classes)
+    shown = job.engine.run(None, job.record.classes, steps=job.steps, seed=job.seed, prior=job.prior)
     grid = grid_image(shown.images, shown.labels, layout=shown.layout, value_range=shown.value_range)
-    how = (f"with a {used_prior.kind} image prior fitted on {used_prior.samples:,} sample images"
-           if used_prior is not None else "no image prior")
+    how = (f"with a {job.prior.kind} image prior fitted on {job.prior.samples:,} sample images"
+           if job.prior is not None else "no image prior")
     which = f"{len(shown.labels)} output units" if len(shown.labels) == count else \
         f"{len(shown.labels)} of {count} output units (spread evenly)"
-    parts.append(_section("classes", "What each class looks like to the model",
-                          f'<p class="muted">{which} as logits '
-                          f"(final activation stripped), {shown.settings.get('steps')} steps, {how}, "
-                          f"{shown.seconds:.1f} s</p>{_img(grid, 'class visualizations')}"))
-    done += 1
-    if sanity:
-        from .fvsanity import visualization_sanity
+    return _section("classes", "What each class looks like to the model",
+                    f'<p class="muted">{which} as logits '
+                    f"(final activation stripped), {shown.settings.get('steps')} steps, {how}, "
+                    f"{shown.seconds:.1f} s</p>{_img(grid, 'class visualizations')}")
 
-        report("sanity check", done, total)
-        try:
-            check = visualization_sanity(model, None, record.classes, seed=seed, steps=steps, providers=providers,
-                                         prior=used_prior)
-            record.sanity = check.to_dict()
-            body = sanity_section(check)
-        except OnnxvizError as e:  # e.g. no weight layers to re-draw
-            body = f'<p class="muted">No randomized-model control: {html.escape(str(e))}</p>'
-        parts.append(_section("sanity", "Do the class pictures come from the model? (randomized-model control)", body))
-        done += 1
 
-    # -- where the model looks ------------------------------------------------------------------
-    report("attribution", done, total)
-    att = Attributor(model, providers=providers)
+def _sanity_control_section(job: _Job) -> str:
+    try:
+        check = visualization_sanity(job.model, None, job.record.classes, seed=job.seed, steps=job.steps,
+                                     providers=job.providers, prior=job.prior)
+        job.record.sanity = check.to_dict()
+        body = sanity_section(check)
+    except OnnxvizError as e:  # e.g. no weight layers to re-draw
+        body = f'<p class="muted">No randomized-model control: {html.escape(str(e))}</p>'
+    return _section("sanity", "Do the class pictures come from the model? (randomized-model control)", body)
+
+
+def _attribution_section(job: _Job, images: Sequence[str] | None) -> str:
+    spec = model_input(job.model)
+    att = Attributor(job.model, providers=job.providers)
     if images:
         loaded = load_images(list(images), spec)
         x, unit_images, labels = loaded.batch, loaded.unit, loaded.labels
-        record.notes.extend(loaded.notes)
+        job.record.notes.extend(loaded.notes)
         origin = "given images"
     else:
-        made = example_images(model, spec, seed=seed)
-        if made is None:
-            x = None
-        else:
+        made = example_images(job.model, spec, seed=job.seed)
+        x = None
+        if made is not None:
             unit_images, labels = made
             x = spec.to_model(unit_images)
         origin = "examples made by onnxviz (no images given)"
     if x is None:
         body = '<p class="muted">No images given (--images) and none can be made for this input kind.</p>'
-    else:
-        probs = att.probabilities(x)
-        cards = []
-        maps = {name: attribute(att, x, m).maps for name, m in ATTRIBUTION_METHODS}
-        for i, label in enumerate(labels):
-            top = int(np.argmax(probs[i]))
-            cls = names[top] if names and top < len(names) else str(top)
-            figs = [f"<figure>{_img(_upscaled(unit_images[i]), label, 140)}<figcaption>{html.escape(label)}"
-                    f"</figcaption></figure>"]
-            for name, _ in ATTRIBUTION_METHODS:
-                ov = overlay(unit_images[i], maps[name][i], layout="NHWC", value_range=(0.0, 1.0))
-                figs.append(f"<figure>{_img(_upscaled(ov), name, 140)}<figcaption>{name}</figcaption></figure>")
-            cards.append(f'<div class="card"><p>prediction: <b>{html.escape(cls)}</b> '
-                         f"({100 * probs[i, top]:.1f}%)</p>{''.join(figs)}</div>")
-        body = f'<p class="muted">{html.escape(origin)}; maps explain the top class.</p><div class="cards">{"".join(cards)}</div>'
-    parts.append(_section("attribution", "Where the model looks", body))
-    done += 1
-    report("done", done, total)
+        return _section("attribution", "Where the model looks", body)
+    probs = att.probabilities(x)
+    maps = {name: attribute(att, x, m).maps for name, m in ATTRIBUTION_METHODS}
+    cards = []
+    for i, label in enumerate(labels):
+        top = int(np.argmax(probs[i]))
+        cls = job.names[top] if job.names and top < len(job.names) else str(top)
+        figs = [f"<figure>{_img(_upscaled(unit_images[i]), label, 140)}<figcaption>{html.escape(label)}"
+                f"</figcaption></figure>"]
+        for name, _ in ATTRIBUTION_METHODS:
+            ov = overlay(unit_images[i], maps[name][i], layout="NHWC", value_range=(0.0, 1.0))
+            figs.append(f"<figure>{_img(_upscaled(ov), name, 140)}<figcaption>{name}</figcaption></figure>")
+        cards.append(f'<div class="card"><p>prediction: <b>{html.escape(cls)}</b> '
+                     f"({100 * probs[i, top]:.1f}%)</p>{''.join(figs)}</div>")
+    body = (f'<p class="muted">{html.escape(origin)}; maps explain the top class.</p>'
+            f'<div class="cards">{"".join(cards)}</div>')
+    return _section("attribution", "Where the model looks", body)
 
-    # -- reproducibility ------------------------------------------------------------------------
-    record.seconds = time.perf_counter() - started
-    provider = "CUDA" if providers != "cpu" and "CUDAExecutionProvider" in available_providers() else "CPU"
-    repro = [("command", record.command), ("seed", seed),
+
+def _reproducibility_section(job: _Job) -> str:
+    import onnxruntime  # heavy: loaded only when a report is built
+
+    record = job.record
+    provider = "CUDA" if job.providers != "cpu" and "CUDAExecutionProvider" in available_providers() else "CPU"
+    repro = [("command", record.command), ("seed", job.seed),
              ("onnxviz", __version__), ("onnxruntime", onnxruntime.__version__), ("onnx", onnx.__version__),
              ("numpy", np.__version__), ("python", platform.python_version()), ("provider", provider),
              ("gradients", record.gradient_method), ("time taken", f"{record.seconds:.1f} s")]
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in record.notes)
-    parts.append(_section("reproducibility", "Reproducibility", _table(["", ""], repro)
-                          + (f"<h3>Notes</h3><ul>{notes}</ul>" if notes else "")))
-    record.sections = ["summary", "layers", "channels", "classes", *(["sanity"] if sanity else []), "attribution",
-                       "reproducibility"]
+    return _section("reproducibility", "Reproducibility", _table(["", ""], repro)
+                    + (f"<h3>Notes</h3><ul>{notes}</ul>" if notes else ""))
 
+
+def _page(source_label: str, parts: Sequence[str]) -> str:
     title = f"onnxviz report — {Path(source_label).name}"
-    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{CSS}</style></head><body><main><h1>{html.escape(title)}</h1>"
             f'<p class="muted">What the network has learned and where it looks — made by onnxviz '
             f"{__version__} from the ONNX file alone.</p>{''.join(parts)}</main></body></html>")
-    return page, record
 
 
 def _upscaled(image: np.ndarray, size: int = 140) -> np.ndarray:
@@ -409,8 +440,6 @@ def _upscaled(image: np.ndarray, size: int = 140) -> np.ndarray:
 def write_report(model: onnx.ModelProto | str | bytes, output: str | Path, **options: Any) -> ReportRecord:
     """Build the report and write it atomically to ``output``, an ``.html`` file name (no partial
     file on failure). The destination is checked before the work, not after it."""
-    from .fileio import check_outputs, check_suffix, write_files
-
     check_outputs([output])
     check_suffix(output, (".html", ".htm"), "report")
     page, record = build_report(model, **options)
