@@ -9,6 +9,7 @@ import math
 
 import onnx
 
+from ..value import Value
 from . import rule
 
 
@@ -77,9 +78,33 @@ def pow_(g, node, gy):
     return _binary(g, node, da, db)
 
 
-@rule("Neg")
-def neg(g, node, gy):
-    return [g.Neg(gy[0])]
+# ---- unary elementwise ops: one line each, gx = f(gz, x, z) --------------------------------------
+#: Op -> its input's cotangent from the output's cotangent ``gz``, the input ``x`` and the output ``z``
+#: (:class:`~onnxviz.autodiff.value.Value` operands). Adding a unary elementwise op is one line here.
+UNARY = {
+    "Neg": lambda gz, x, z: -gz,
+    "Abs": lambda gz, x, z: gz * x.sign(),
+    "Sqrt": lambda gz, x, z: gz / (2 * z),
+    "Exp": lambda gz, x, z: gz * z,
+    "Log": lambda gz, x, z: gz / x,
+    "Reciprocal": lambda gz, x, z: -(gz * (z * z)),
+    "Sigmoid": lambda gz, x, z: gz * (z * (1 - z)),
+    "Tanh": lambda gz, x, z: gz * (1 - z * z),
+    "Softplus": lambda gz, x, z: gz * x.sigmoid(),
+    "Softsign": lambda gz, x, z: (lambda d: gz / (d * d))(1 + abs(x)),
+    "Erf": lambda gz, x, z: gz * (2.0 / math.sqrt(math.pi) * (-(x * x)).exp()),
+}
+
+
+def _unary_rule(formula):
+    def unary(g, node, gy):
+        x, z = node.input[0], node.output[0]
+        return [formula(Value(g, gy[0], x), Value(g, x, x), Value(g, z, x)).name]
+    return unary
+
+
+for _op, _formula in UNARY.items():
+    rule(_op)(_unary_rule(_formula))
 
 
 @rule("Identity", "Dropout")
@@ -99,65 +124,6 @@ def cast(g, node, gy):
     x = node.input[0]
     back = g.Cast(gy[0], to=node.dtype(x))
     return [back] + [None] * (len(node.input) - 1)
-
-
-@rule("Abs")
-def abs_(g, node, gy):
-    x = node.input[0]
-    return [g.Mul(gy[0], g.Sign(x))]
-
-
-@rule("Sqrt")
-def sqrt(g, node, gy):
-    z = node.output[0]
-    return [g.Div(gy[0], g.Mul(g.const(2.0, like=z), z))]
-
-
-@rule("Exp")
-def exp(g, node, gy):
-    return [g.Mul(gy[0], node.output[0])]
-
-
-@rule("Log")
-def log(g, node, gy):
-    return [g.Div(gy[0], node.input[0])]
-
-
-@rule("Reciprocal")
-def reciprocal(g, node, gy):
-    z = node.output[0]
-    return [g.Neg(g.Mul(gy[0], g.Mul(z, z)))]
-
-
-@rule("Sigmoid")
-def sigmoid(g, node, gy):
-    z = node.output[0]
-    return [g.Mul(gy[0], g.Mul(z, g.Sub(g.const(1.0, like=z), z)))]
-
-
-@rule("Tanh")
-def tanh(g, node, gy):
-    z = node.output[0]
-    return [g.Mul(gy[0], g.Sub(g.const(1.0, like=z), g.Mul(z, z)))]
-
-
-@rule("Softplus")
-def softplus(g, node, gy):
-    return [g.Mul(gy[0], g.Sigmoid(node.input[0]))]
-
-
-@rule("Softsign")
-def softsign(g, node, gy):
-    x = node.input[0]
-    d = g.Add(g.const(1.0, like=x), g.Abs(x))
-    return [g.Div(gy[0], g.Mul(d, d))]
-
-
-@rule("Erf")
-def erf(g, node, gy):
-    x = node.input[0]
-    scale = g.const(2.0 / math.sqrt(math.pi), like=x)
-    return [g.Mul(gy[0], g.Mul(scale, g.Exp(g.Neg(g.Mul(x, x)))))]
 
 
 @rule("Gelu")
