@@ -15,7 +15,12 @@ from typing import Sequence
 import numpy as np
 import onnx
 
+from .autodiff import COTANGENT, RULES, gradient_model, plan, prepare
 from .errors import RewriteError
+from .fd import Float64Reference
+from .gradients import GradientFunction, concrete_input_shape
+from .graph import input_info, load_model
+from .rewrite import expose, to_logits
 
 #: The float64 gradient graph agrees with float64 differences to ~1e-7; this leaves room for depth.
 GRAPH_TOLERANCE = 1e-4
@@ -50,12 +55,6 @@ def check_gradients(model: onnx.ModelProto | str | bytes, layer: str | int | Non
                     method: str = "auto", eps: float = 1e-7) -> CheckReport:
     """Build the gradient of ``layer`` (default: the logits of the first output) and measure its
     largest relative error against float64 directional finite differences on a random input."""
-    from .autodiff import COTANGENT, RULES, gradient_model, plan, prepare
-    from .fd import Float64Reference
-    from .gradients import GradientFunction, concrete_input_shape
-    from .graph import input_info, load_model
-    from .rewrite import expose, to_logits
-
     model = load_model(model)
     if layer is None:
         try:

@@ -18,6 +18,9 @@ from typing import Callable
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+from .graph import load_model, opset_version
+from .rewrite import upgrade_opset
+from .runtime import make_session
 
 BatchFn = Callable[[np.ndarray], np.ndarray]
 
@@ -255,9 +258,6 @@ class Float64Reference:
     def __init__(self, model: onnx.ModelProto):
         from onnx.reference import ReferenceEvaluator
 
-        from .graph import opset_version
-        from .rewrite import upgrade_opset
-
         if opset_version(model) < 17:
             model = upgrade_opset(model, 18)
         self.model = to_float64(model)
@@ -335,9 +335,6 @@ def spsa_gradient(f: BatchFn, x: np.ndarray, cotangent: np.ndarray, samples: int
 def session_function(model: onnx.ModelProto | bytes | str, output: str | None = None,
                      providers: str = "auto") -> BatchFn:
     """Wrap a single-input model in ``f(x) -> y`` on onnxruntime (one session, reused)."""
-    from .graph import load_model
-    from .runtime import make_session
-
     model = load_model(model)
     session = make_session(model, providers)
     name = session.get_inputs()[0].name

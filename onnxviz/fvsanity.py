@@ -32,6 +32,9 @@ import onnx
 from .attribution.metrics import WeightLayer, randomize_layers, spearman, weight_layers
 from .errors import OnnxvizError
 from .graphview import GraphView
+from .maximize import Maximizer, parse_units
+from .objectives import LayerRef, unit
+from .priors import resolve_prior
 
 __all__ = ["ssim", "recognition_test", "visualization_sanity", "VisualizationSanity", "SanityStage",
            "default_depths", "ALPHA", "SIMILARITY_LIMIT", "PERMUTATIONS"]
@@ -304,8 +307,6 @@ class _Judge:
     objective values, through the maximizer's own sessions."""
 
     def __init__(self, engine: Any, layer: Any, units: list[int], logits: bool, class_mode: bool):
-        from .objectives import LayerRef, unit
-
         self.engine = engine
         self.ref = LayerRef(layer, True) if class_mode else LayerRef(layer, logits)
         self.bound = engine.bound(self.ref)
@@ -330,8 +331,6 @@ class _Judge:
 
 def _is_class_output(engine: Any, layer: Any, logits: bool) -> bool:
     """A classifier's output: a layer read through its softmax, or a model output of class scores."""
-    from .objectives import LayerRef
-
     if not logits:
         return False
     bound = engine.bound(LayerRef(layer, True))
@@ -361,8 +360,6 @@ def _priors(prior: Any, engine: Any, run_options: dict[str, Any]) -> tuple[Any, 
         return None, None
     if param is not None and (not isinstance(param, str) or (isinstance(prior, str) and prior.lower() == "auto")):
         return prior, prior  # maximize's own rule: a parameterization given, "auto" finds nothing (or refuses both)
-    from .priors import resolve_prior
-
     found = resolve_prior(prior, engine.model, engine.source_path, engine.input)
     if found is None:
         return None, None
@@ -422,9 +419,6 @@ def visualization_sanity(model: onnx.ModelProto | str | os.PathLike | bytes, lay
     the weights (a prior or parameterization that knows the classes, a copy that is not random);
     a prior that paints *some* class-looking picture whatever the target shows as similarity to
     the trained images, or needs an independent judge (classifiers trained on real images)."""
-    from .maximize import Maximizer, parse_units
-    from .objectives import LayerRef
-
     started = time.perf_counter()
     if maximize_options.get("objective") is not None:
         raise OnnxvizError("the sanity check needs units of a layer, not a custom objective")

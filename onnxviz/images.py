@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 
 from .errors import ImageError, OnnxvizError, ShapeError
+from .graph import check_input_shape, check_value_range, input_info
 
 __all__ = ["ModelInput", "LoadedImages", "model_input", "read_image", "convert_image", "load_images",
            "resize_bilinear", "IMAGE_SUFFIXES"]
@@ -102,8 +103,6 @@ def model_input(model: onnx.ModelProto, input_name: str | None = None,
     or without the batch dim) fixes dynamic dims; ``value_range`` overrides the model's
     ``onnxviz.input_range`` metadata. Rank 4 inputs use ``input_info``'s layout, rank 3 are
     ``(N, H, W)`` grayscale; other ranks raise :class:`ShapeError`."""
-    from .graph import input_info
-
     infos = input_info(model)
     if not infos:
         raise OnnxvizError("the model has no inputs")
@@ -118,8 +117,6 @@ def model_input(model: onnx.ModelProto, input_name: str | None = None,
     full = info.shape
     batch = full[0] if full and isinstance(full[0], int) and full[0] > 0 else None
     if input_shape is not None:
-        from .graph import check_input_shape
-
         dims = tuple(input_shape)
         if full is not None and len(dims) == len(full) - 1:  # given without the batch dim
             dims = check_input_shape(info.name, full[1:], dims)
@@ -136,8 +133,6 @@ def model_input(model: onnx.ModelProto, input_name: str | None = None,
             raise ShapeError(f"input {info.name!r} has dynamic dims {tuple(full)}; give --input-shape "
                              "(e.g. 1,3,224,224)")
         shape = tuple(int(d) for d in full[1:])
-    from .graph import check_value_range
-
     lo, hi = check_value_range(value_range if value_range is not None else info.value_range)
     if len(shape) == 3:
         layout = info.layout or ("NHWC" if shape[-1] in (1, 3, 4) and shape[0] not in (1, 3, 4) else "NCHW")

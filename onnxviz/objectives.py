@@ -29,11 +29,15 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
+from onnx import helper
 
 from .errors import OnnxvizError, ShapeError
+from .graph import class_names as metadata_class_names
+from .graph import input_info, layer_output, opset_version, tensor_shape
 from .graphview import GraphView
 from .layout import tensor_channel_axis
 from .ops import FINAL_ACTIVATIONS
+from .rewrite import expose, final_activation, to_logits
 
 __all__ = [
     "LayerRef", "BoundLayer", "Objective", "LinearObjective", "unit", "channel", "neuron", "direction",
@@ -94,11 +98,6 @@ def resolve_layer(model: onnx.ModelProto, ref: LayerRef) -> tuple[onnx.ModelProt
     variant, tensor, stripped = _resolve_logits(model, ref)
     if not (ref.log_softmax and ref.logits and stripped in ("Softmax", "LogSoftmax")):
         return variant, tensor, stripped
-    from onnx import helper
-
-    from .graph import opset_version
-    from .rewrite import expose
-
     axis = _softmax_axis(model, ref) if opset_version(model) >= 13 else 1
     name = GraphView(variant).fresh(tensor + "__log_softmax")
     out = onnx.ModelProto()
@@ -113,8 +112,6 @@ def _softmax_axis(model: onnx.ModelProto, ref: LayerRef) -> int:
     outputs = [o.name for o in model.graph.output]
     _, tensor, _ = _resolve_logits(model, LayerRef(ref.key, logits=False))
     if tensor in outputs:
-        from .rewrite import final_activation
-
         act = final_activation(model, tensor)
         node = model.graph.node[act.index] if act is not None else None
     else:
@@ -124,9 +121,6 @@ def _softmax_axis(model: onnx.ModelProto, ref: LayerRef) -> int:
 
 
 def _resolve_logits(model: onnx.ModelProto, ref: LayerRef) -> tuple[onnx.ModelProto, str, str | None]:
-    from .graph import layer_output
-    from .rewrite import final_activation, to_logits
-
     outputs = [o.name for o in model.graph.output]
     key = ref.key
     if key is None:
@@ -153,8 +147,6 @@ def channel_axis(model: onnx.ModelProto, tensor: str, rank: int) -> int | None:
     (what ONNX Conv/pool/normalization produce), ``rank - 1`` for NHWC ones (after an exporter's
     Transpose, or an NHWC graph input), ``1`` for dense (N, units) tensors
     (:func:`onnxviz.layout.tensor_channel_axis`, with the inputs' layouts of ``input_info``)."""
-    from .graph import input_info
-
     def input_layout(name: str) -> str | None:
         return next((i.layout for i in input_info(model) if i.name == name), None)
 
@@ -167,8 +159,6 @@ def bind_layer(model: onnx.ModelProto, ref: LayerRef, shape: Sequence[int] | Non
     gives it); without it the shape comes from shape inference and must be static. ``layout``
     ("NCHW"/"NHWC"-style: "channels_first"/"channels_last" also accepted) overrides the detection.
     ``class_names`` replace the metadata's names of the output layer."""
-    from .graph import tensor_shape
-
     variant, tensor, stripped = resolve_layer(model, ref)
     if shape is None:
         full = tensor_shape(variant, tensor)
@@ -196,16 +186,13 @@ def _class_names_for(model: onnx.ModelProto, tensor: str, shape: tuple[int, ...]
                      given: Sequence[str] | None = None) -> tuple[str, ...] | None:
     """The model's class names (``given``, else the metadata's) when ``tensor`` is its first output
     or that output's logits."""
-    from .graph import class_names
-    from .rewrite import final_activation
-
     outputs = [o.name for o in model.graph.output]
     if not outputs:
         return None
     act = final_activation(model, outputs[0])
     if tensor != outputs[0] and (act is None or act.pre_activation != tensor):
         return None
-    names = list(given) if given is not None else class_names(model)
+    names = list(given) if given is not None else metadata_class_names(model)
     units = int(np.prod(shape))
     if given is not None and len(names) != units:
         raise OnnxvizError(f"{len(names)} class names given but the model's output has {units} units")

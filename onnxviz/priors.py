@@ -31,6 +31,7 @@ import onnx
 
 from .errors import OnnxvizError
 from .fileio import atomic_output
+from .images import load_images, model_input
 from .params import COLOR_CORRELATION_SVD_SQRT, Clip, FourierBasis, rfft2_frequencies
 
 __all__ = [
@@ -322,8 +323,6 @@ def fit_prior(images: np.ndarray, *, kind: str = "auto", components: int | None 
     if spec is None:
         spec = PriorSpec(c, h, w)
     if model is not None:
-        from .images import model_input
-
         mi = model_input(model, allow_flat=True)
         spec = PriorSpec(c, h, w, model_digest(model), mi.name, mi.layout, mi.value_range)
         if (mi.channels, mi.height, mi.width) != (c, h, w):
@@ -530,8 +529,6 @@ def sample_images(images: Sequence[str | os.PathLike] | np.ndarray, spec: Any) -
     """Unit-range (N, C, H, W) images for fitting: an array in the model's layout and range, or
     files / folders (PNG, JPEG, NPY) brought to the model's input as :func:`~onnxviz.images.load_images`
     does."""
-    from .images import load_images
-
     if isinstance(images, np.ndarray):
         unit = spec.to_unit(images)
     else:

@@ -17,7 +17,12 @@ import numpy as np
 import onnx
 
 from ..errors import OnnxvizError, ShapeError
+from ..gradients import GradientFunction
+from ..graph import check_class_names, check_one_input, load_model, tensor_shape
+from ..graph import class_names as metadata_names
 from ..images import ModelInput, model_input
+from ..rewrite import final_activation, to_logits, truncate
+from ..runtime import make_session
 
 __all__ = ["Attribution", "Attributor", "as_attributor", "reduce_channels", "MODIFIERS"]
 
@@ -96,9 +101,6 @@ class Attributor:
                  input_shape: Sequence[int] | None = None, value_range: Sequence[float] | None = None,
                  output: str | int | None = None, gradient: str = "auto", providers: str = "auto",
                  batch_size: int | None = None, class_names: Any = None):
-        from ..graph import check_one_input, load_model, tensor_shape
-        from ..rewrite import final_activation, to_logits, truncate
-
         self.source = load_model(model)
         self.spec: ModelInput = model_input(self.source, input_name, input_shape, value_range)
         self.output = _output_name(self.source, output)
@@ -116,9 +118,6 @@ class Attributor:
         self._sessions: dict[Any, Any] = {}
         self._classes: int | None = None
         self.forward_passes = 0  # images run forward (alone, not as part of a gradient run)
-        from ..graph import check_class_names
-        from ..graph import class_names as metadata_names
-
         if class_names is not None:  # the caller's names win over the metadata's (counted against the output)
             self.class_names: list[str] | None = list(check_class_names(self.source, class_names, self.classes))
         else:
@@ -167,9 +166,6 @@ class Attributor:
         return self._sessions[key]
 
     def _forward_session(self):
-        from ..rewrite import truncate
-        from ..runtime import make_session
-
         return self.session("forward", lambda: make_session(truncate(self.model, [self.output]), self.providers))
 
     def logits(self, x: np.ndarray) -> np.ndarray:
@@ -238,8 +234,6 @@ class Attributor:
     def gradient_function(self, modifier: str | None = None):
         """The cached :class:`~onnxviz.gradients.GradientFunction` of the logits w.r.t. the input
         (``modifier`` None / "guided" / "deconvnet")."""
-        from ..gradients import GradientFunction
-
         method = self.gradient if modifier is None else ("graph" if self.gradient == "auto" else self.gradient)
         return self.session(("grad", modifier), lambda: GradientFunction(
             self.model, self.output, input_name=self.spec.name, modifier=modifier, method=method,
@@ -266,8 +260,6 @@ class Attributor:
     def classes(self) -> int:
         """Number of classes of the output (from shape inference, else one probe run)."""
         if self._classes is None:
-            from ..graph import tensor_shape
-
             shape = tensor_shape(self.model, self.output)
             k = shape[1] if shape is not None and isinstance(shape[1], int) else None
             if k is None:

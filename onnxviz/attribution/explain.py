@@ -14,8 +14,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..fileio import write_files
 from ..images import LoadedImages, load_images
+from ..render import npy_bytes, picture_bytes
 from .core import Attribution, Attributor, as_attributor
+from .figure import attribution_figure, stack_maps
+from .metrics import deletion_auc, insertion_auc, random_maps, randomization_check
 
 __all__ = ["Explanation", "explain_files"]
 
@@ -33,23 +37,16 @@ class Explanation:
     sanity: dict[str, Any] = field(default_factory=dict)
 
     def figure(self, cmap: str = "jet", alpha: float = 0.5):
-        from .figure import attribution_figure
-
         return attribution_figure(self.images.unit, self.results, self.images.labels, cmap=cmap, alpha=alpha,
                                   unit_label=self.attributor.unit_label)
 
     def maps(self) -> np.ndarray:
-        from .figure import stack_maps
-
         return stack_maps(self.results)
 
     def save(self, output: str | os.PathLike, save_npy: str | os.PathLike | None = None, *,
              cmap: str = "jet", alpha: float = 0.5) -> list[Path]:
         """Write the side-by-side figure (PNG or JPEG by suffix) and, when asked, the maps (``.npy``):
         both encoded in memory first, then written together or not at all."""
-        from ..fileio import write_files
-        from ..render import npy_bytes, picture_bytes
-
         files = [(output, picture_bytes(self.figure(cmap, alpha), output))]
         if save_npy is not None:
             files.append((save_npy, npy_bytes(save_npy, self.maps())))
@@ -63,8 +60,6 @@ def explain_files(model: Any, paths: Sequence[str | os.PathLike], methods: Seque
     sharing ``options``) for ``unit`` (None: each image's top class). ``class_names=`` (or in
     ``attributor_options``) labels the classes over the metadata's names."""
     from . import attribute, method_name
-    from .metrics import deletion_auc, insertion_auc, random_maps, randomization_check
-
     attributor_options = dict(attributor_options or {})
     if options.get("class_names") is not None:
         attributor_options["class_names"] = options.pop("class_names")

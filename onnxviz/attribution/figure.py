@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import OnnxvizError
+from ..render import grid_image, overlay, save_png
 from .core import Attribution
 
 __all__ = ["overlay_maps", "attribution_figure", "save_figure", "stack_maps"]
@@ -29,8 +30,6 @@ def overlay_maps(unit_images: np.ndarray, maps: np.ndarray, *, cmap: str = "jet"
                  min_size: int = MIN_TILE) -> np.ndarray:
     """``(N, H, W, C)`` pictures in [0, 1] and ``(N, H, W)`` maps -> ``(N, H', W', 3)`` uint8
     overlays (each map stretched to its own min..max), upscaled so the short side is ``min_size``."""
-    from ..render import overlay
-
     unit_images = np.asarray(unit_images, np.float32)
     maps = np.asarray(maps, np.float32)
     if len(unit_images) != len(maps):
@@ -46,8 +45,6 @@ def attribution_figure(unit_images: np.ndarray, results: Sequence[Attribution], 
                        cmap: str = "jet", alpha: float = 0.5, unit_label=str, title: str | None = None):
     """A Pillow image: one row per image — the input (labelled with its name, top class and, when
     it differs, the unit explained), then each method's overlay (labelled with the method)."""
-    from ..render import grid_image
-
     if not results:
         raise OnnxvizError("no attribution results to draw")
     n = len(unit_images)
@@ -72,8 +69,6 @@ def attribution_figure(unit_images: np.ndarray, results: Sequence[Attribution], 
 
 def save_figure(path: str | os.PathLike, figure) -> Path:
     """Write a Pillow image atomically, as PNG (or JPEG for a ``.jpg`` name: the suffix decides)."""
-    from ..render import save_png
-
     return save_png(path, figure)
 
 

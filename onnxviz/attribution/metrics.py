@@ -24,6 +24,7 @@ from ..errors import OnnxvizError
 from ..graphview import GraphView
 from ..ops import WEIGHT_OPS, WEIGHT_PASS_THROUGH_OPS
 from .core import Attribution, Attributor, as_attributor
+from .saliency import resolve_baseline
 
 __all__ = ["deletion_curve", "deletion_auc", "insertion_auc", "random_maps", "spearman",
            "weight_layers", "randomize_layers", "randomization_check", "RandomizationResult",
@@ -58,8 +59,6 @@ def gaussian_blur(x_hwc: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def _substrate(att: Attributor, x: np.ndarray, substrate: Any) -> np.ndarray:
-    from .saliency import resolve_baseline
-
     if isinstance(substrate, str) and substrate.strip().lower() == "blur":
         sigma = max(att.spec.height, att.spec.width) / 20.0
         unit = att.spec.to_unit(x)

@@ -36,7 +36,10 @@ import numpy as np
 import onnx
 
 from ..errors import LayerNotFoundError, OnnxvizError
+from ..graph import find_layer, layer_table, load_model, tensor_shape
+from ..images import model_input
 from ..ops import CONV_POOL_OPS
+from ..runtime import make_session
 from . import activations as _activations
 
 __all__ = ["KerasVisModel", "LayerView", "KerasVisError", "KerasVisLayerNotFoundError", "UnsupportedOptionError",
@@ -113,8 +116,6 @@ class KerasVisModel:
     :class:`KerasVisModel`)."""
 
     def __init__(self, model: Any, *, keras_model: Any = None, source: str | None = None):
-        from ..graph import load_model
-
         self.onnx_model: onnx.ModelProto = load_model(model)
         self.source = source if source is not None else (os.fspath(model) if isinstance(model, (str, os.PathLike))
                                                          else None)
@@ -179,8 +180,6 @@ class KerasVisModel:
     def _tensor_of(self, name: str, members: Sequence[int]) -> str | None:
         """The layer's output tensor: ``find_layer(name)`` when it lands on one of the layer's own
         nodes, else the first output of its last node."""
-        from ..graph import find_layer
-
         nodes = self.onnx_model.graph.node
         try:
             found = find_layer(self.onnx_model, name)
@@ -191,8 +190,6 @@ class KerasVisModel:
         return nodes[members[-1]].output[0] if members else None
 
     def _shapes(self) -> dict[str, tuple]:
-        from ..graph import layer_table
-
         out: dict[str, tuple] = {}
         for layer in layer_table(self.onnx_model):
             for name, shape in zip(layer.outputs, layer.shapes):
@@ -273,8 +270,6 @@ class KerasVisModel:
     # ------------------------------------------------------------------------------ inputs / outputs
     def spec(self, input_range: Sequence[float] | None = None):
         """The image input (:class:`onnxviz.images.ModelInput`), ``input_range`` over the recorded range."""
-        from ..images import model_input
-
         key = ("spec", None if input_range is None else tuple(float(v) for v in input_range))
         if key not in self._cache:
             self._cache[key] = model_input(self.onnx_model, value_range=input_range)
@@ -287,8 +282,6 @@ class KerasVisModel:
 
     @property
     def output_shape(self) -> tuple[Any, ...] | None:
-        from ..graph import tensor_shape
-
         shape = tensor_shape(self.onnx_model, self.onnx_model.graph.output[0].name)
         return None if shape is None else (None,) + tuple(d if isinstance(d, int) else None for d in shape[1:])
 
@@ -302,8 +295,6 @@ class KerasVisModel:
         """The first output for a batch (model layout, or ``(N, H, W, C)``), as the model now computes
         it: probabilities, or logits after a softmax -> linear swap. ``batch_size``/``verbose`` are
         accepted for Keras-style calls and unused."""
-        from ..runtime import make_session
-
         spec = self.spec()
         batch = to_model_batch(x, spec)
         sess = self.cached("session", lambda: make_session(self.onnx_model, "auto"))

@@ -5,13 +5,17 @@ small array helpers its tutorials use (``normalize``, ``deprocess_input``, ``sti
 
 from __future__ import annotations
 
+import difflib
 import os
+import weakref
 from typing import Any, Sequence
 
 import numpy as np
 
-from ._model import (KerasVisError, KerasVisLayerNotFoundError, KerasVisModel, UnsupportedOptionError, activation_name,
-                     as_model, is_keras_model)
+from ..rewrite import final_activation, to_logits
+from . import activations
+from ._model import (KerasVisError, KerasVisLayerNotFoundError, KerasVisModel, LayerView, UnsupportedOptionError,
+                     activation_name, as_model, is_keras_model)
 
 __all__ = ["find_layer_idx", "apply_modifications", "load_model", "normalize", "deprocess_input", "stitch_images",
            "load_img"]
@@ -34,8 +38,6 @@ def find_layer_idx(model: Any, layer_name: str) -> int:
         names = [layer.name for layer in model.layers]
         if layer_name in names:
             return names.index(layer_name)
-        import difflib
-
         close = difflib.get_close_matches(str(layer_name), names, n=5, cutoff=0.5)
         hint = f"; closest: {', '.join(close)}" if close else ""
         raise KerasVisLayerNotFoundError(f"No layer with name {layer_name!r} within the model{hint} "
@@ -62,8 +64,6 @@ def apply_modifications(model: Any, custom_objects: Any = None) -> Any:
     if is_keras_model(model):
         return _clone_keras(model, custom_objects)
     km = as_model(model)
-    from ..rewrite import final_activation, to_logits
-
     onnx_model = km.onnx_model
     finals = {}
     for out in onnx_model.graph.output:
@@ -95,9 +95,6 @@ def apply_modifications(model: Any, custom_objects: Any = None) -> Any:
     out = KerasVisModel(onnx_model, source=km.source)
     # keep the indices: a layer that was nothing but the activation (a separate Softmax node) now has
     # no node; it stays in the listing as the identity on the logits that the model now outputs
-    from . import activations
-    from ._model import LayerView
-
     fresh = {layer.name: layer for layer in out.layers}
     views = []
     for old in km.layers:
@@ -109,8 +106,6 @@ def apply_modifications(model: Any, custom_objects: Any = None) -> Any:
             raise KerasVisError(f"layer {old.name!r} disappeared when its activation was removed")
         views.append(view)
     views.extend(fresh.values())
-    import weakref
-
     for i, view in enumerate(views):
         view.index = i
         view._owner = weakref.ref(out)

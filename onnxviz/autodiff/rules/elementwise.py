@@ -9,6 +9,7 @@ import math
 
 import onnx
 
+from ...errors import UnsupportedOpError
 from ..value import Value
 from . import rule
 
@@ -113,8 +114,6 @@ def identity(g, node, gy):
     if node.op_type == "Dropout" and node.has_input(2):
         mode = node.value(2)
         if mode is not None and bool(mode):
-            from ...errors import UnsupportedOpError
-
             raise UnsupportedOpError({"Dropout": [node.name]}, "training_mode=1 is not differentiable")
     return [gy[0]] + [None] * (len(node.input) - 1)
 

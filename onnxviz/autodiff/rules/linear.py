@@ -8,6 +8,7 @@ subscripts moved to the output. Weights are constants (initializers): their grad
 from __future__ import annotations
 
 import numpy as np
+from onnx import helper
 
 from ...errors import ShapeError, UnsupportedOpError
 from . import rule
@@ -375,6 +376,4 @@ def _einsum_operand_grad(g, node, gz, terms, rhs, k, out_shape):
 
 
 def _scalar_tensor(value: float, dtype: int):
-    from onnx import helper
-
     return helper.make_tensor("value", dtype, [1], [value])

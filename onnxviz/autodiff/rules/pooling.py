@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from onnx import helper
 
 from . import rule
 from .elementwise import positive_mask
@@ -205,8 +206,6 @@ def _fit_spatial(g, t: str, x: str, rank: int) -> str:
 
 
 def _node_attrs(node) -> dict:
-    from onnx import helper
-
     out = {}
     for a in node.proto.attribute:
         v = helper.get_attribute_value(a)
