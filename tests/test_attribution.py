@@ -13,7 +13,11 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxviz.attribution import (Attributor, attribute, cam_gradient_model, default_cam_layer, deletion_curve,
                                  deletion_auc, feature_maps, insertion_auc, randomization_check, randomize_layers,
                                  resolve_cam_layer, spearman, weight_layers)
+from onnxviz.autodiff import COTANGENT
 from onnxviz.errors import OnnxvizError, ShapeError
+from onnxviz.fd import Float64Reference
+from onnxviz.graph import load_model
+from onnxviz.rewrite import to_logits
 from onnxviz.runtime import make_session
 
 FLOAT = TensorProto.FLOAT
@@ -299,8 +303,8 @@ def test_nchw_and_nhwc_feature_maps_give_the_same_cam():
 
 
 def test_cam_gradient_model_keeps_the_trunk_and_is_plain_onnx(mnist_model_path):
-    """The delta trick on the shipped model: Flatten reads the Shape of the max-pool output (a
-    tensor before the CAM layer), which a split at the layer would lose."""
+    """The gradient w.r.t. the intermediate CAM layer on the shipped model: Flatten reads the Shape
+    of the max-pool output (a tensor before the CAM layer), which a split at the layer would lose."""
     from onnxviz.graph import load_model
     from onnxviz.rewrite import to_logits
 
@@ -310,6 +314,36 @@ def test_cam_gradient_model_keeps_the_trunk_and_is_plain_onnx(mnist_model_path):
     assert all(n.domain in ("", "ai.onnx") for n in g.graph.node)
     assert [o.name for o in g.graph.output][-1] == "Transpose__30:0"
     assert len(g.graph.output) == 3
+
+
+def test_cam_gradient_model_needs_no_extra_input_and_matches_finite_differences(mnist_model_path):
+    """wrt the CAM layer itself: the inputs are the model's plus the cotangent, and dS/dA agrees with
+    central differences that perturb A alone (the head re-run on A + eps v, the trunk untouched)."""
+    model = to_logits(load_model(mnist_model_path))
+    feature = "Transpose__30:0"
+    g = cam_gradient_model(model, "Identity:0", feature)
+    inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    assert [i.name for i in g.graph.input] == inputs + [COTANGENT]
+    x = _rand((1,) + tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]), seed=40)
+    cot = np.zeros((1, 10), np.float32)
+    cot[0, 3] = 1.0
+    sess = make_session(g, "cpu")
+    z, grad, a = sess.run(None, {inputs[0]: x, COTANGENT: cot})
+    # oracle: the model with A as an input (its producer dropped), perturbed along a random direction
+    head = onnx.ModelProto()
+    head.CopyFrom(model)
+    head.graph.node.remove(next(n for n in head.graph.node if feature in n.output))
+    head.graph.input.append(helper.make_tensor_value_info(feature, TensorProto.FLOAT, list(a.shape)))
+    hs = Float64Reference(head)
+    np.testing.assert_allclose(hs({inputs[0]: x, feature: a})[0], z, rtol=1e-4, atol=1e-5)
+    v = np.random.default_rng(41).standard_normal(a.shape)
+    eps = 1e-6  # float64, and the head is piecewise linear: no kink is crossed at this step
+    a64 = a.astype(np.float64)
+    fp = hs({inputs[0]: x, feature: a64 + eps * v})[0][0, 3]
+    fm = hs({inputs[0]: x, feature: a64 - eps * v})[0][0, 3]
+    numeric = (float(fp) - float(fm)) / (2 * eps)
+    analytic = float(np.sum(grad.astype(np.float64) * v))
+    assert abs(numeric - analytic) <= 1e-3 * max(abs(analytic), np.abs(grad).sum() * 1e-3)
 
 
 def test_gradcam_on_flattened_map_matches_the_dense_weights():

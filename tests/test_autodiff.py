@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx.reference
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from gradcheck import check_gradient, ort_session, rel_error
 from onnxviz import fd
 from onnxviz.autodiff import COTANGENT, gradient_model, plan, prepare, supported_ops
-from onnxviz.errors import OnnxvizError, UnsupportedOpError
+from onnxviz.errors import LayerNotFoundError, OnnxvizError, UnsupportedOpError
 
 RNG = np.random.default_rng(1)
 
@@ -198,3 +199,123 @@ def test_float64_reference_matches_onnxruntime():
     got = ort_session(model).run(None, {"x": x})[0]
     assert ref.dtype == np.float64
     assert rel_error(got, ref) < 1e-5
+
+
+# ---------------------------------------------------------------- wrt = an intermediate tensor
+def _fan_out_net(elem=TensorProto.FLOAT):
+    """y = t*t + sigmoid(t) * exp(a), t = tanh(a), a = x * c: ``t`` feeds three places downstream
+    (twice into one Mul) and exp(a) is a branch to y that avoids ``t``."""
+    dtype = helper.tensor_dtype_to_np_dtype(elem)
+    c = np.linspace(0.5, 1.5, 12).reshape(3, 4).astype(dtype)
+    nodes = [helper.make_node("Mul", ["x", "c"], ["a"], name="scale"),
+             helper.make_node("Tanh", ["a"], ["t"], name="tanh"),
+             helper.make_node("Mul", ["t", "t"], ["sq"], name="square"), helper.make_node("Sigmoid", ["t"], ["s"]),
+             helper.make_node("Exp", ["a"], ["e"], name="branch"), helper.make_node("Mul", ["s", "e"], ["m"]),
+             helper.make_node("Add", ["sq", "m"], ["y"]),
+             helper.make_node("Shape", ["t"], ["t_shape"]), helper.make_node("Neg", ["x"], ["unrelated"])]
+    return _model(nodes, [helper.make_tensor_value_info("x", elem, [3, 4])],
+                  [helper.make_tensor_value_info("y", elem, [3, 4]),
+                   helper.make_tensor_value_info("t_shape", TensorProto.INT64, [2]),
+                   helper.make_tensor_value_info("unrelated", elem, [3, 4])], [("c", c)])
+
+
+def _exposed(model, tensor):
+    """Oracle: ``model`` with ``tensor`` as a graph input (its producer dropped), so that it can be
+    perturbed while every other tensor stays a function of the original inputs."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    producer = next(n for n in m.graph.node if tensor in n.output)
+    m.graph.node.remove(producer)
+    m.graph.input.append(helper.make_tensor_value_info(tensor, m.graph.input[0].type.tensor_type.elem_type, [3, 4]))
+    return m
+
+
+def _central_differences(model, feeds, name, cot, output="y", eps=1e-6):
+    """d sum(cot * output) / d feeds[name], element by element, float64 reference evaluator."""
+    ref = onnx.reference.ReferenceEvaluator(model)
+    grad = np.zeros_like(feeds[name])
+    for i in np.ndindex(grad.shape):
+        plus, minus = feeds[name].copy(), feeds[name].copy()
+        plus[i] += eps
+        minus[i] -= eps
+        fp = ref.run([output], {**feeds, name: plus})[0]
+        fm = ref.run([output], {**feeds, name: minus})[0]
+        grad[i] = np.sum(cot * (fp - fm)) / (2 * eps)
+    return grad
+
+
+def _forward64(x):
+    a = x * np.linspace(0.5, 1.5, 12).reshape(3, 4)
+    return a, np.tanh(a)
+
+
+def test_gradient_wrt_an_intermediate_tensor_with_fan_out_matches_finite_differences():
+    x = RNG.standard_normal((3, 4)).astype(np.float32)
+    cot = RNG.standard_normal((3, 4)).astype(np.float32)
+    g = gradient_model(_fan_out_net(), of="y", wrt=["t"])
+    onnx.checker.check_model(g, full_check=True)
+    assert [i.name for i in g.graph.input] == ["x", COTANGENT]  # no extra input: the graph is not cut
+    assert [o.name for o in g.graph.output] == ["y", "t_grad"]
+    y, gt = ort_session(g).run(None, {"x": x, COTANGENT: cot})
+    np.testing.assert_allclose(y, ort_session(_fan_out_net()).run(["y"], {"x": x})[0], rtol=1e-6)
+    # oracle: perturb t itself (exposed as an input), exp(a) held at its forward value
+    x64, cot64 = x.astype(np.float64), cot.astype(np.float64)
+    _, t64 = _forward64(x64)
+    want = _central_differences(_exposed(_fan_out_net(TensorProto.DOUBLE), "t"), {"x": x64, "t": t64}, "t", cot64)
+    np.testing.assert_allclose(gt, want, rtol=1e-4, atol=1e-6)
+    a64 = _forward64(x64)[0]
+    s = 1 / (1 + np.exp(-t64))
+    np.testing.assert_allclose(gt, cot64 * (2 * t64 + s * (1 - s) * np.exp(a64)), rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_wrt_an_intermediate_tensor_stops_the_walk_there():
+    model, target = prepare(_fan_out_net(), "y", ["t"])
+    ops = [n.name or n.op_type for n in plan(model, target, ["t"]).nodes]
+    assert ops == ["square", "Sigmoid", "Mul", "Add"]  # not tanh, scale nor the branch exp(a)
+    g = gradient_model(_fan_out_net(), of="y", wrt=["t"])
+    backward = [n for n in g.graph.node if n.doc_string.startswith("gradient of")]
+    assert not any(n.doc_string in ("gradient of tanh", "gradient of scale", "gradient of branch") for n in backward)
+
+
+def test_several_wrt_tensors_upstream_and_downstream_of_each_other():
+    """wrt a and t (t = tanh(a)) and x: each gets its total derivative, paths through the other
+    wrt tensors included, as finite differences perturbing that tensor alone."""
+    x = RNG.standard_normal((3, 4)).astype(np.float32)
+    cot = RNG.standard_normal((3, 4)).astype(np.float32)
+    g = gradient_model(_fan_out_net(), of="y", wrt=["t", "x", "a"])
+    assert [o.name for o in g.graph.output] == ["y", "t_grad", "x_grad", "a_grad"]
+    _, gt, gx, ga = ort_session(g).run(None, {"x": x, COTANGENT: cot})
+    x64, cot64 = x.astype(np.float64), cot.astype(np.float64)
+    a64, t64 = _forward64(x64)
+    net64 = _fan_out_net(TensorProto.DOUBLE)
+    np.testing.assert_allclose(gt, _central_differences(_exposed(net64, "t"), {"x": x64, "t": t64}, "t", cot64),
+                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(ga, _central_differences(_exposed(net64, "a"), {"x": x64, "a": a64}, "a", cot64),
+                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(gx, _central_differences(net64, {"x": x64}, "x", cot64), rtol=1e-4, atol=1e-6)
+    # and the same gradients as asking for each one alone
+    _, alone = ort_session(gradient_model(_fan_out_net(), of="y", wrt=["a"])).run(None, {"x": x, COTANGENT: cot})
+    np.testing.assert_allclose(ga, alone, rtol=1e-6, atol=1e-7)
+
+
+def test_wrt_the_target_itself_or_a_tensor_the_target_ignores():
+    x = RNG.standard_normal((3, 4)).astype(np.float32)
+    cot = RNG.standard_normal((3, 4)).astype(np.float32)
+    g = gradient_model(_fan_out_net(), of="t", wrt=["t", "unrelated"])
+    _, gt, gu = ort_session(g).run(None, {"x": x, COTANGENT: cot})
+    np.testing.assert_array_equal(gt, cot)
+    np.testing.assert_array_equal(gu, np.zeros_like(x))
+
+
+def test_unknown_or_unusable_wrt_names_raise():
+    with pytest.raises(LayerNotFoundError, match=r"cannot differentiate w.r.t. 'tt': no tensor of that name.*"
+                                                 r"closest tensor names: t\b"):
+        gradient_model(_fan_out_net(), of="y", wrt=["tt"])
+    with pytest.raises(LayerNotFoundError, match="no tensor of that name"):
+        plan(*prepare(_fan_out_net(), "y"), ["nope"])
+    with pytest.raises(OnnxvizError, match="'t_shape': not a floating-point tensor"):
+        gradient_model(_fan_out_net(), of="y", wrt=["t_shape"])
+    with pytest.raises(OnnxvizError, match="'c': it is a constant"):
+        gradient_model(_fan_out_net(), of="y", wrt=["c"])
+    with pytest.raises(OnnxvizError, match="list of tensor names"):
+        gradient_model(_fan_out_net(), of="y", wrt="t")

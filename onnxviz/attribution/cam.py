@@ -11,14 +11,12 @@ upsampled bilinearly to the input's resolution.
   and channel, batched. ``top_n`` keeps the ``n`` channels of largest spatial variance (the
   "faster Score-CAM" idea): ``n`` forward passes per image instead of ``K``.
 
-**Where the gradient w.r.t. ``A`` comes from.** The model gets one extra input ``delta`` shaped like
-``A``, added to ``A`` before every consumer of ``A`` reads it (``A' = A + delta``); the gradient
-graph is built w.r.t. ``delta`` (``gradient_model(..., wrt=[delta])``) and ``A`` is exposed as an
-output. Fed ``delta = 0``, one onnxruntime run gives the logits, ``A`` and ``dS/dA`` (the gradient
-w.r.t. ``delta`` at 0 *is* the gradient w.r.t. ``A``). Only the head (the nodes after ``A``) is
-differentiated; nodes that read other tensors of the trunk (``Shape`` of an earlier map, skip
-connections) keep working because the graph is not cut — a split into trunk and head models would
-need those tensors as extra head inputs and two runs.
+**Where the gradient w.r.t. ``A`` comes from.** The gradient graph is built w.r.t. the intermediate
+tensor ``A`` itself (``gradient_model(..., wrt=[A])``: the reverse walk stops at ``A``) and ``A`` is
+exposed as an output: one onnxruntime run gives the logits, ``A`` and ``dS/dA``. Only the head (the
+nodes after ``A``) is differentiated; nodes that read other tensors of the trunk (``Shape`` of an
+earlier map, skip connections) keep working because the graph is not cut — a split into trunk and
+head models would need those tensors as extra head inputs and two runs.
 
 **Which layer.** By default, the last spatial feature map before global pooling / flatten, found
 by walking the ONNX graph back from the class output (:func:`default_cam_layer`); any layer or
@@ -34,8 +32,8 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper
 
+from ..autodiff import gradient_model
 from ..errors import OnnxvizError, ShapeError
 from ..images import resize_bilinear
 from ..ops import SPATIAL_COLLAPSING_OPS
@@ -46,7 +44,6 @@ __all__ = ["default_cam_layer", "resolve_cam_layer", "cam_gradient_model", "feat
            "gradcam_plus_plus", "layercam", "scorecam", "guided_gradcam", "CamLayer", "CAM_METHODS"]
 
 CAM_METHODS = ("gradcam", "gradcam++", "layercam", "scorecam", "guided-gradcam")
-DELTA = "onnxviz_feature_delta"
 
 
 @dataclass(frozen=True)
@@ -175,50 +172,16 @@ def _feature_session(att: Attributor, tensor: str):
         truncate(att.model, [att.output, tensor]), att.providers))
 
 
-def with_feature_delta(model: onnx.ModelProto, feature: str) -> tuple[onnx.ModelProto, str]:
-    """A copy of ``model`` with a new input ``delta`` (shaped like ``feature``, batch ``N``) added to
-    ``feature`` before every node that reads it; ``(model, delta's name)``. The gradient w.r.t.
-    ``delta`` at 0 is the gradient w.r.t. ``feature`` (the autodiff differentiates w.r.t. inputs)."""
-    from ..graph import tensor_dtype, tensor_shape
-    from ..graphview import fresh_name
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    g = m.graph
-    taken = {i.name for i in g.input} | {t.name for t in g.initializer}
-    taken |= {x for n in g.node for x in list(n.input) + list(n.output)} | {n.name for n in g.node}
-    elem = tensor_dtype(model, feature) or onnx.TensorProto.FLOAT
-    shape = tensor_shape(model, feature)
-    delta = fresh_name(DELTA, taken)
-    shifted = fresh_name(feature + "__onnxviz_shifted", taken)
-    nodes = list(g.node)
-    at = next((i for i, n in enumerate(nodes) if feature in n.output), -1)
-    for n in nodes:
-        for k, name in enumerate(n.input):
-            if name == feature:
-                n.input[k] = shifted
-    nodes.insert(at + 1, helper.make_node("Add", [feature, delta], [shifted],
-                                          name=fresh_name("onnxviz_feature_shift", taken)))
-    del g.node[:]
-    g.node.extend(nodes)
-    dims = None if shape is None else [d if isinstance(d, (int, str)) and d != 0 else None for d in shape]
-    if dims is not None and (dims[0] is None or isinstance(dims[0], int)):
-        dims[0] = "N"
-    g.input.append(helper.make_tensor_value_info(delta, elem, dims))
-    return m, delta
-
-
 def cam_gradient_model(model: onnx.ModelProto, target: str, feature: str) -> onnx.ModelProto:
-    """``(inputs, delta, cotangent) -> (target, d<cotangent.target>/d feature, feature)``: the
-    gradient model of ``target`` w.r.t. the intermediate tensor ``feature`` (see the module doc and
-    :func:`with_feature_delta`; ``delta`` is fed zeros)."""
-    from ..autodiff import gradient_model
-
+    """``(inputs, cotangent) -> (target, d<cotangent.target>/d feature, feature)``: the gradient model
+    of ``target`` w.r.t. the intermediate tensor ``feature``, which is exposed too (CAM needs both
+    from one run; see the module doc)."""
     if feature in {o.name for o in model.graph.output}:
         raise OnnxvizError(f"the CAM layer {feature!r} is a graph output: it needs a head after it")
-    m, delta = with_feature_delta(model, feature)
-    grad = gradient_model(m, of=target, wrt=[delta])
-    grad.graph.output.append(helper.make_value_info(feature, m.graph.input[-1].type))
+    grad = gradient_model(model, of=target, wrt=[feature])
+    exposed = grad.graph.output.add()
+    exposed.CopyFrom(grad.graph.output[1])  # the gradient has the feature map's type
+    exposed.name = feature
     onnx.checker.check_model(grad)
     return grad
 
@@ -233,9 +196,7 @@ class _CamFunction:
         self.layer = layer
         self.model = cam_gradient_model(att.model, att.output, layer.tensor)
         self.session = make_session(self.model, att.providers)
-        names = [i.name for i in self.session.get_inputs()]
-        self.delta = next(n for n in names if n.startswith(DELTA))
-        self.cotangent = names[-1]
+        self.cotangent = self.session.get_inputs()[-1].name
         outs = [o.name for o in self.session.get_outputs()]
         self.outputs = [outs[0], outs[1], layer.tensor]
 
@@ -246,9 +207,8 @@ class _CamFunction:
         def run(xc, uc):
             cot = np.zeros((len(uc), k), np.float32)
             cot[np.arange(len(uc)), uc] = 1.0
-            delta = np.zeros((len(xc),) + self.layer.shape, np.float32)
             z, grad, a = self.session.run(self.outputs, {att.spec.name: np.ascontiguousarray(xc, np.float32),
-                                                         self.delta: delta, self.cotangent: cot})
+                                                         self.cotangent: cot})
             return z.reshape(len(xc), -1), a, grad
 
         return tuple(att.run_chunked(run, x, units))  # type: ignore[return-value]

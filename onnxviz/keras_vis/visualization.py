@@ -389,7 +389,7 @@ def visualize_cam(model: Any, layer_idx: Any, filter_indices: Any, seed_input: A
                             f"{tuple(a.shape)}: Grad-CAM needs a 2-D feature map (N, C, H, W or N, H, W, C)")
     shape = _layer_shape(km, tensor)
     cot = _cotangent(km, tensor, _filters(filter_indices), shape)
-    grad = fg(x, a, cot[None])
+    grad = fg(x, cot[None])
     axis = channel_axis(km.onnx_model, feature, 4)
     a_khw = np.moveaxis(a[0], axis - 1, 0).astype(np.float64)
     g_khw = np.moveaxis(np.asarray(modify(grad[0].astype(np.float64)), np.float64), axis - 1, 0)
@@ -412,33 +412,31 @@ def _penultimate(km: KerasVisModel, layer: LayerView, penultimate_layer_idx: Any
 
 
 class _FeatureGradient:
-    """d <cotangent, target> / d feature map, with a backprop modifier, as an onnxviz
-    GradientFunction: the model gets an input ``delta`` added to the feature map before every node
-    that reads it, and the gradient is taken w.r.t. ``delta`` at 0 (which is the gradient w.r.t. the
-    feature map). A second session gives the feature map itself."""
+    """d <cotangent, target> / d feature map, with a backprop modifier: one gradient model built
+    w.r.t. the intermediate feature tensor (the graph is not cut, so heads that read other trunk
+    tensors keep working). A second session gives the feature map itself. Ops without a gradient
+    rule raise UnsupportedOpError (finite differences would need the feature map as an input)."""
 
     def __init__(self, km: KerasVisModel, target: str, feature: str, modifier: str | None):
-        from ..attribution.cam import with_feature_delta
-        from ..gradients import GradientFunction
+        from ..autodiff import gradient_model
         from ..rewrite import truncate
         from ..runtime import make_session
 
         self.spec = km.spec()
-        shifted, self.delta = with_feature_delta(km.onnx_model, feature)
-        probe = np.zeros((1,) + tuple(self.spec.shape), np.float32)
-        self.fn = GradientFunction(shifted, target, input_name=self.delta, modifier=modifier,
-                                   method="auto" if modifier is None else "graph",
-                                   extra_feeds={self.spec.name: probe})
+        self.grad_session = make_session(gradient_model(km.onnx_model, of=target, wrt=[feature],
+                                                        modifier=modifier), "auto")
+        self.cotangent = self.grad_session.get_inputs()[-1].name
+        self.grad_output = self.grad_session.get_outputs()[1].name
         self.feature = feature
         self.session = make_session(truncate(km.onnx_model, [feature]), "auto")
 
     def features(self, x: np.ndarray) -> np.ndarray:
         return self.session.run([self.feature], {self.spec.name: x})[0]
 
-    def __call__(self, x: np.ndarray, a: np.ndarray, cotangent: np.ndarray) -> np.ndarray:
-        self.fn.extra_feeds = {self.spec.name: np.ascontiguousarray(x, np.float32)}
-        _, grad = self.fn(np.zeros_like(a, dtype=np.float32), cotangent)
-        return np.asarray(grad)
+    def __call__(self, x: np.ndarray, cotangent: np.ndarray) -> np.ndarray:
+        feeds = {self.spec.name: np.ascontiguousarray(x, np.float32),
+                 self.cotangent: np.ascontiguousarray(cotangent, np.float32)}
+        return np.asarray(self.grad_session.run([self.grad_output], feeds)[0])
 
 
 # ----------------------------------------------------------------------------------- helpers
