@@ -38,20 +38,18 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxviz.errors import ConversionError, MissingDependencyError, ParityError
+from onnxviz.errors import (ConversionError, MissingDependencyError, ModelLoadError, OnnxvizError, ParityError,
+                            RewriteError)
 from onnxviz.fileio import save_model
-from onnxviz.runtime import DISABLED_OPTIMIZERS
+from onnxviz.graph import (DEFAULT_VALUE_RANGE, META_CLASSES, META_LAYOUT, META_RANGE, META_RANGE_SOURCE,
+                           META_SOURCE, InputInfo, check_value_range, input_info, load_model, read_class_names,
+                           set_metadata)
+from onnxviz.rewrite import upgrade_opset
+from onnxviz.runtime import DISABLED_OPTIMIZERS, make_session
 
-try:  # the metadata keys are owned by onnxviz.graph; keep working while it is absent or broken
-    from onnxviz.graph import META_CLASSES, META_LAYOUT, META_RANGE, META_RANGE_SOURCE, META_SOURCE
-except Exception:  # pragma: no cover - depends on the state of onnxviz.graph
-    META_LAYOUT = "onnxviz.input_layout"
-    META_RANGE = "onnxviz.input_range"
-    META_RANGE_SOURCE = "onnxviz.input_range_source"
-    META_CLASSES = "onnxviz.class_names"
-    META_SOURCE = "onnxviz.source"
-#: The range recorded for float inputs when nobody gave one (marked as a guess in the metadata).
-GUESSED_RANGE = (0.0, 1.0)
+#: The range recorded for float inputs when nobody gave one (marked as a guess in the metadata): the
+#: one ``onnxviz.graph.input_info`` assumes for them.
+GUESSED_RANGE = DEFAULT_VALUE_RANGE
 
 __all__ = [
     "to_onnx",
@@ -63,9 +61,10 @@ __all__ = [
     "supported_formats",
     "detect_format",
     "parity",
-    "set_metadata",
     "random_inputs",
     "missing_dependency",
+    "first_line",
+    "is_hdf5",
     "layout_metadata",
     "ORT_DISABLED_OPTIMIZERS",
     "drop_unused_opset_imports",
@@ -200,7 +199,8 @@ def _zip_names(path: Path) -> list[str]:
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
-def _is_hdf5(path: Path) -> bool:
+def is_hdf5(path: Path) -> bool:
+    """Whether ``path`` is a file with HDF5's signature (a legacy Keras ``.h5``)."""
     # HDF5's signature sits at offset 0, 512, 1024, ... (a user block may precede it).
     try:
         if not path.is_file():
@@ -268,7 +268,7 @@ FORMATS: list[SourceFormat] = [
     SourceFormat("keras", "a Keras 3 .keras file",
                  _file_format(".keras", sniff=lambda p: "config.json" in _zip_names(p) and "metadata.json" in _zip_names(p)),
                  "converters.keras:convert", "keras"),
-    SourceFormat("h5", "a legacy Keras 2 / tf.keras .h5 file", _file_format(".h5", ".hdf5", sniff=_is_hdf5),
+    SourceFormat("h5", "a legacy Keras 2 / tf.keras .h5 file", _file_format(".h5", ".hdf5", sniff=is_hdf5),
                  "converters.keras:convert_h5", "keras"),
     SourceFormat("savedmodel", "a TensorFlow SavedModel folder", _is_saved_model,
                  "converters.tf:convert_saved_model", "keras"),
@@ -396,12 +396,13 @@ def to_onnx(
         class_names = _read_class_names(class_names)
         _check_class_count(model, class_names)
         metadata[META_CLASSES] = json.dumps(class_names)
-    set_metadata(model, metadata)
+    if metadata:  # no keys: the model stays as it came (set_metadata would also merge duplicate keys)
+        model = set_metadata(model, **metadata)
 
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as e:
-        raise ConversionError(f"the converted model is not valid ONNX: {_first_line(e)}") from e
+        raise ConversionError(f"the converted model is not valid ONNX: {first_line(e)}") from e
 
     max_abs = max_rel = None
     if check and converted.run_source is not None:
@@ -472,9 +473,6 @@ def _validate_opset(opset: int | None) -> int | None:
 
 def _validate_range(input_range: tuple[float, float]) -> tuple[float, float]:
     """onnxviz.graph.check_value_range, raising ConversionError."""
-    from onnxviz.errors import OnnxvizError
-    from onnxviz.graph import check_value_range
-
     try:
         return check_value_range(input_range, f"input_range {input_range!r}")
     except OnnxvizError as e:
@@ -490,9 +488,6 @@ def _validate_layout(layout: str) -> str:
 
 def _read_class_names(class_names: Any) -> list[str]:
     """A list of names, a names file or ``"a,b,c"`` (onnxviz.graph.read_class_names) -> list."""
-    from onnxviz.errors import OnnxvizError
-    from onnxviz.graph import read_class_names
-
     try:
         return read_class_names(class_names)
     except OnnxvizError as e:
@@ -502,15 +497,12 @@ def _read_class_names(class_names: Any) -> list[str]:
 def _guessed_range(model: onnx.ModelProto) -> str | None:
     """The ``onnxviz.input_range`` value for a model nobody gave a range for: GUESSED_RANGE for
     its float inputs (all of them: one value; some: a per-input object), None when it has none."""
-    floats, total = [], 0
-    for name, dtype, _ in _input_specs(model):
-        total += 1
-        if dtype.kind == "f":
-            floats.append(name)
+    inputs = _graph_inputs(model)
+    floats = [i.name for i in inputs if i.dtype.kind == "f"]
     if not floats:
         return None
     value = [GUESSED_RANGE[0], GUESSED_RANGE[1]]
-    return json.dumps(value) if len(floats) == total else json.dumps({name: value for name in floats})
+    return json.dumps(value) if len(floats) == len(inputs) else json.dumps({name: value for name in floats})
 
 
 def _check_class_count(model: onnx.ModelProto, class_names: list[str]) -> None:
@@ -524,22 +516,13 @@ def _check_class_count(model: onnx.ModelProto, class_names: list[str]) -> None:
         )
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """An error's first line (its type's name when it says nothing): the detail in one-line errors."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 
 
 # --------------------------------------------------------------------------- shared model edits
-
-def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
-    """Set metadata_props entries, replacing existing keys."""
-    if not values:
-        return
-    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in values]
-    del model.metadata_props[:]
-    for key, value in kept + list(values.items()):
-        model.metadata_props.add(key=key, value=value)
-
 
 def _make_batch_symbolic(model: onnx.ModelProto, name: str = "batch") -> None:
     """Give the first dimension of every graph input and output the symbolic name ``name``.
@@ -588,12 +571,7 @@ def layout_metadata(model: onnx.ModelProto, layout: str) -> str | None:
     """The ``onnxviz.input_layout`` value for a model whose image inputs use ``layout`` ("NCHW" or
     "NHWC"): the plain layout when every input is rank 4, a JSON object naming the rank-4 inputs when
     only some are (a per-input value, as ``onnxviz.graph.input_info`` reads it), None when none is."""
-    initializers = {t.name for t in model.graph.initializer}
-    ranks = {
-        value.name: len(value.type.tensor_type.shape.dim)
-        for value in model.graph.input
-        if value.name not in initializers and value.type.tensor_type.HasField("shape")
-    }
+    ranks = {i.name: len(i.shape) for i in _graph_inputs(model) if i.shape is not None}
     images = [name for name, rank in ranks.items() if rank == 4]
     if not images:
         return None
@@ -604,17 +582,13 @@ def layout_metadata(model: onnx.ModelProto, layout: str) -> str | None:
 
 # --------------------------------------------------------------------------- parity
 
-def _input_specs(model: onnx.ModelProto) -> list[tuple[str, np.dtype, list[int | None]]]:
-    initializers = {i.name for i in model.graph.initializer}
-    specs = []
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        tensor_type = value.type.tensor_type
-        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
-        specs.append((value.name, dtype, dims))
-    return specs
+def _graph_inputs(model: onnx.ModelProto) -> list[InputInfo]:
+    """``input_info`` (names, dtypes, shapes) of the graph inputs, read without the model's metadata:
+    a malformed ``onnxviz.*`` value must not fail a conversion that never reads it."""
+    initializers = {t.name for t in model.graph.initializer}
+    inputs_only = onnx.ModelProto()
+    inputs_only.graph.input.extend(v for v in model.graph.input if v.name not in initializers)
+    return input_info(inputs_only)
 
 
 def random_inputs(
@@ -628,11 +602,13 @@ def random_inputs(
     normal) for floats, small non-negative integers for ints. Free dims come from ``input_shape``
     (batch excepted: a free batch gets ``batch``)."""
     rng = np.random.default_rng(seed)
-    specs = _input_specs(model)
+    specs = _graph_inputs(model)
     if input_shape is not None and len(input_shape) != len(specs):
         raise ConversionError(f"input_shape gives {len(input_shape)} shapes but the model has {len(specs)} inputs")
     arrays = []
-    for i, (name, dtype, dims) in enumerate(specs):
+    for i, spec in enumerate(specs):
+        name, dtype = spec.name, spec.dtype
+        dims = [d if isinstance(d, int) else None for d in spec.shape or ()]  # a named dim is free
         given = input_shape[i] if input_shape is not None else None
         if given is not None and len(given) != len(dims):
             raise ConversionError(f"input_shape {given} has rank {len(given)} but input {name!r} has rank {len(dims)}")
@@ -677,22 +653,18 @@ def parity(
     Raises :class:`ParityError` when outputs differ in number or shape, or any element has
     |onnx - source| > atol + rtol * |source|.
     """
-    import onnxruntime as ort  # onnxruntime is a core dependency; imported here to keep import light
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"],
-                                       disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS))
-    except Exception as e:
-        raise ConversionError(f"onnxruntime cannot load the converted model: {_first_line(e)}") from e
+        session = make_session(model, "cpu")
+    except ModelLoadError as e:  # keep this wording; the detail is onnxruntime's own first line
+        detail = first_line(e.__context__ or e)  # the engine raises from None: the original is the context
+        raise ConversionError(f"onnxruntime cannot load the converted model: {detail}") from e
     names = [i.name for i in session.get_inputs()]
     if len(names) != len(inputs):
         raise ConversionError(f"the model has {len(names)} inputs but {len(inputs)} parity inputs were given")
     try:
         got = session.run(None, dict(zip(names, inputs)))
     except Exception as e:
-        raise ConversionError(f"onnxruntime cannot run the converted model: {_first_line(e)}") from e
+        raise ConversionError(f"onnxruntime cannot run the converted model: {first_line(e)}") from e
     expected = [np.asarray(a) for a in run_source(inputs)]
     if len(got) != len(expected):
         raise ParityError(f"the ONNX model has {len(got)} outputs, the source has {len(expected)}")
@@ -727,25 +699,20 @@ def parity(
 
 def _convert_onnx(source: Any, options: ConvertOptions) -> Converted:
     """An ONNX model in: load and validate it; no conversion, so nothing to compare against."""
-    if isinstance(source, onnx.ModelProto):
-        model = onnx.ModelProto()
-        model.CopyFrom(source)
-        label = "the given ModelProto"
-    else:
-        path = Path(source)
-        label = str(path)
-        if not path.is_file():
-            raise ConversionError(f"{path}: no such file")
-        try:
-            model = onnx.load(str(path))
-        except Exception as e:
-            raise ConversionError(f"{path}: not an ONNX model ({_first_line(e)})") from e
+    is_proto = isinstance(source, onnx.ModelProto)
+    label = "the given ModelProto" if is_proto else str(Path(source))
+    if not is_proto and not Path(source).is_file():
+        raise ConversionError(f"{label}: no such file")
+    try:
+        model = load_model(source, check=False)  # a copy of a ModelProto; fully checked below
+    except ModelLoadError as e:  # an unreadable file: the engine's message, as ``onnxviz info`` gives it
+        raise ConversionError(str(e)) from e
     if not model.graph.node and not model.graph.output:
         raise ConversionError(f"{label}: not an ONNX model (no graph)")
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as e:
-        raise ConversionError(f"{label}: invalid ONNX model ({_first_line(e)})") from e
+        raise ConversionError(f"{label}: invalid ONNX model ({first_line(e)})") from e
     producer = f"{model.producer_name} {model.producer_version}".strip() or "onnx"
     current = max((op.version for op in model.opset_import if op.domain in ("", "ai.onnx")), default=0)
     if options.opset is None or options.opset == current:
@@ -753,19 +720,13 @@ def _convert_onnx(source: Any, options: ConvertOptions) -> Converted:
     # An opset was asked for: upgrade (onnx's version converter), checked against the original.
     if options.opset < current:
         raise ConversionError(f"{label}: has opset {current}; converting down to {options.opset} is not supported")
-    from onnxviz.errors import RewriteError
-    from onnxviz.rewrite import upgrade_opset
-
     try:
         upgraded = upgrade_opset(model, options.opset)
     except RewriteError as e:
         raise ConversionError(f"{label}: {e}") from e
 
     def run_original(inputs: list[np.ndarray]) -> list[np.ndarray]:
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"],
-                                       disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS))
+        session = make_session(model, "cpu")
         names = [i.name for i in session.get_inputs()]
         return session.run(None, dict(zip(names, inputs)))
 

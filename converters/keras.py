@@ -36,10 +36,12 @@ from typing import Any
 import numpy as np
 import onnx
 
-from converters import META_LAYOUT, META_SOURCE, Converted, ConvertOptions, _is_hdf5, layout_metadata, missing_dependency
+from converters import (META_LAYOUT, META_SOURCE, Converted, ConvertOptions, first_line, is_hdf5, layout_metadata,
+                        missing_dependency)
 from onnxviz.errors import ConversionError
 
-__all__ = ["convert", "convert_h5", "rename_exported_nodes", "layer_tree"]
+__all__ = ["convert", "convert_h5", "rename_exported_nodes", "layer_tree", "quiet_import", "quiet_loggers",
+           "quiet_tensorflow", "unique_names"]
 
 EXTRA = "keras"
 
@@ -64,7 +66,7 @@ def quiet_import(modules: Sequence[str], what: str) -> list[Any]:
     if quiet:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     try:
-        with _quiet():
+        with quiet_tensorflow():
             return [importlib.import_module(name) for name in modules]
     except ImportError as e:
         raise missing_dependency(EXTRA, what, e) from e
@@ -97,7 +99,7 @@ def quiet_loggers(names: Sequence[str]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet_tensorflow() -> Iterator[None]:
     """Hide what the exporter prints (stdout chatter, Python warnings, tf2onnx/TF info logs) for
     the duration of the block only, restoring every setting afterwards (tf2onnx also sets
     TF_CPP_MIN_LOG_LEVEL=3 in os.environ when imported: that is undone too)."""
@@ -110,11 +112,6 @@ def _quiet() -> Iterator[None]:
             os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
         else:
             os.environ["TF_CPP_MIN_LOG_LEVEL"] = env_level
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _source_version(keras: Any) -> str:
@@ -150,15 +147,15 @@ def convert_h5(source: Any, options: ConvertOptions) -> Converted:
     path = Path(source)
     if not path.is_file():
         raise ConversionError(f"{path}: no such file")
-    if not _is_hdf5(path):  # before importing TensorFlow
+    if not is_hdf5(path):  # before importing TensorFlow
         raise ConversionError(f"{path}: not an HDF5 file (no HDF5 signature)")
     keras = _import_keras()
     try:
-        with _quiet():
+        with quiet_tensorflow():
             model = keras.models.load_model(path, compile=False)
     except Exception as e:
         raise ConversionError(
-            f"{path}: cannot load as a Keras model ({_first_line(e)}); a weights-only .h5 (save_weights) "
+            f"{path}: cannot load as a Keras model ({first_line(e)}); a weights-only .h5 (save_weights) "
             "needs its model: build it, load the weights, and pass the model object"
         ) from e
     converted = _convert_model(model, options, keras)
@@ -178,7 +175,7 @@ def _convert_model(model: Any, options: ConvertOptions, keras: Any) -> Converted
         try:
             onnx_model = onnx.load(str(exported))
         except Exception as e:
-            raise ConversionError(f"Keras' ONNX export produced an unreadable file: {_first_line(e)}") from e
+            raise ConversionError(f"Keras' ONNX export produced an unreadable file: {first_line(e)}") from e
     _freeze_captured_inputs(onnx_model, model, keras)
 
     tree = layer_tree(model)
@@ -200,10 +197,10 @@ def _convert_model(model: Any, options: ConvertOptions, keras: Any) -> Converted
 
 def _load_keras_file(path: Path, keras: Any) -> Any:
     try:
-        with _quiet():
+        with quiet_tensorflow():
             return keras.saving.load_model(path, compile=False)
     except Exception as e:
-        raise ConversionError(f"{path}: cannot load as a Keras model ({_first_line(e)})") from e
+        raise ConversionError(f"{path}: cannot load as a Keras model ({first_line(e)})") from e
 
 
 def _is_functional(model: Any) -> bool:
@@ -248,7 +245,7 @@ def _ensure_called(model: Any, options: ConvertOptions, keras: Any) -> None:
     try:
         _call_keras(model, batch, keras)
     except Exception as e:
-        raise ConversionError(f"calling Keras model {model.name!r} on a dummy batch failed: {_first_line(e)}") from e
+        raise ConversionError(f"calling Keras model {model.name!r} on a dummy batch failed: {first_line(e)}") from e
 
 
 def _input_signature(model: Any, shapes: Sequence[tuple[int, ...]], keras: Any) -> list[Any]:
@@ -274,12 +271,12 @@ def _export(model: Any, path: Path, options: ConvertOptions, keras: Any) -> None
     if options.input_shape is not None:
         kwargs["input_signature"] = _input_signature(model, options.input_shape, keras)
     try:
-        with _quiet(), _exportable_ops(keras):
+        with quiet_tensorflow(), _exportable_ops(keras):
             model.export(str(path), **kwargs)
     except ImportError as e:  # tf2onnx (or the backend's exporter) missing
         raise missing_dependency(EXTRA, "exporting a Keras model to ONNX", e) from e
     except Exception as e:
-        raise ConversionError(f"Keras' ONNX export of {model.name!r} failed: {_first_line(e)}") from e
+        raise ConversionError(f"Keras' ONNX export of {model.name!r} failed: {first_line(e)}") from e
     if not path.is_file():
         raise ConversionError(f"Keras' ONNX export of {model.name!r} wrote no file")
 
@@ -381,11 +378,11 @@ def _freeze_captured_inputs(onnx_model: onnx.ModelProto, model: Any, keras: Any)
         return model(args[0] if len(args) == 1 else list(args), training=False)
 
     try:
-        with _quiet():
+        with quiet_tensorflow():
             traced = tf.function(call, autograph=False).get_concrete_function(*specs)
     except Exception as e:
         raise ConversionError(f"the export left inputs {[v.name for v in suspects]} that are constants of the model, "
-                              f"and tracing it to recover them failed: {_first_line(e)}") from e
+                              f"and tracing it to recover them failed: {first_line(e)}") from e
     captured = {inner.name: outer for outer, inner in traced.graph.captures if outer.dtype != tf.resource}
     missing = [v.name for v in suspects if v.name not in captured]
     if missing:
@@ -409,7 +406,7 @@ def _call_keras(model: Any, inputs: list[np.ndarray], keras: Any) -> Any:
     the same call compiled by XLA, which supports every layout."""
     batch = inputs[0] if len(inputs) == 1 else list(inputs)
     try:
-        with _quiet():
+        with quiet_tensorflow():
             return model(batch, training=False)
     except Exception as eager_error:
         if keras.backend.backend() != "tensorflow":
@@ -418,7 +415,7 @@ def _call_keras(model: Any, inputs: list[np.ndarray], keras: Any) -> Any:
 
         compiled = tf.function(lambda x: model(x, training=False), jit_compile=True)
         try:
-            with _quiet():
+            with quiet_tensorflow():
                 return compiled(batch)
         except Exception:
             raise eager_error from None  # XLA could not help: report what eager execution said
@@ -521,10 +518,10 @@ def rename_exported_nodes(node_names: Sequence[str], model_name: str, tree: Laye
             level = level[layer]
             index += 1
         renamed.append("/".join(mapped + parts[index:]) if mapped else name)
-    return _unique(renamed)
+    return unique_names(renamed)
 
 
-def _unique(names: list[str]) -> list[str]:
+def unique_names(names: list[str]) -> list[str]:
     """Keep the first of equal non-empty names; later ones get ``__<k>`` (a name not yet taken)."""
     taken = set(names)
     used: set[str] = set()

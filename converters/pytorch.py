@@ -1,7 +1,7 @@
 """PyTorch ``nn.Module`` (with an example input) or TorchScript file -> ONNX.
 
 The exporter: ``torch.onnx.export`` with the TorchScript-based exporter (``dynamo=False``) first. In
-torch 2.13 and 2.14 it still ships (deprecated, with a warning we hide), exports in a fraction of a second,
+torch 2.13 and 2.14 it still ships (deprecated, with a warning we hide), is the quicker of the two,
 keeps module scopes in node names and is the only one that takes a ``ScriptModule``. When it is
 gone, or fails on a model, the torch.export-based exporter (``dynamo=True``, needs ``onnxscript``)
 is tried; a TorchScript file has no fallback. While TensorFlow is loaded, an export runs without
@@ -35,16 +35,10 @@ from typing import Any
 import numpy as np
 import onnx
 
-from converters import (
-    META_LAYOUT,
-    META_SOURCE,
-    Converted,
-    ConvertOptions,
-    layout_metadata,
-    missing_dependency,
-)
+from converters import (META_LAYOUT, META_SOURCE, Converted, ConvertOptions, first_line, layout_metadata,
+                        missing_dependency)
+from converters.keras import quiet_loggers, unique_names
 from onnxviz.errors import ConversionError
-from converters.keras import _unique, quiet_loggers
 
 __all__ = ["convert", "convert_torchscript", "export_module", "rename_torch_nodes", "name_nodes_by_module", "EXPORTERS"]
 
@@ -113,11 +107,6 @@ def _eval_mode(module: Any) -> Iterator[None]:
             m.training = training
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 # --------------------------------------------------------------------------- entry points
 
 def convert(source: Any, options: ConvertOptions) -> Converted:
@@ -147,7 +136,7 @@ def convert_torchscript(source: Any, options: ConvertOptions) -> Converted:
         with _quiet():
             module = torch.jit.load(str(path), map_location="cpu")
     except Exception as e:
-        raise ConversionError(f"{path}: torch.jit.load failed ({_first_line(e)})") from e
+        raise ConversionError(f"{path}: torch.jit.load failed ({first_line(e)})") from e
     example = _example(options, torch, what="a TorchScript file")
     converted = _convert_module(module, example, options, torch, exporters=("torchscript",), label=path.name)
     converted.source_version += " (TorchScript)"
@@ -160,7 +149,7 @@ def _check_torchscript_file(path: Path) -> None:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
     except (zipfile.BadZipFile, OSError) as e:
-        raise ConversionError(f"{path}: not a TorchScript file (not a zip archive: {_first_line(e)})") from None
+        raise ConversionError(f"{path}: not a TorchScript file (not a zip archive: {first_line(e)})") from None
     if not any("/code/" in name for name in names):
         hint = " (a torch.save pickle: save with torch.jit.save, or pass the nn.Module)" if any(
             n.endswith("data.pkl") for n in names) else ""
@@ -189,7 +178,7 @@ def _convert_module(module: Any, example: list[Any], options: ConvertOptions, to
             with _quiet():
                 outputs = _flatten(module(*example), torch)
         except Exception as e:
-            raise ConversionError(f"running {label} on the example input failed: {_first_line(e)}") from e
+            raise ConversionError(f"running {label} on the example input failed: {first_line(e)}") from e
     if not outputs:
         raise ConversionError(f"{label} returned no tensor")
 
@@ -266,7 +255,7 @@ def export_module(module: Any, example: list[Any], input_names: list[str], outpu
             errors.append((exporter, e))
     if all(isinstance(e, ImportError) for _, e in errors):
         raise errors[-1][1]
-    detail = "; ".join(f"{name} exporter: {_first_line(e)}" for name, e in errors)
+    detail = "; ".join(f"{name} exporter: {first_line(e)}" for name, e in errors)
     raise ConversionError(f"torch.onnx.export of {label} failed ({detail})")
 
 
@@ -340,7 +329,7 @@ def _names(model: onnx.ModelProto, paths: list[str | None]) -> list[str]:
     for node, path in zip(model.graph.node, paths):
         op = node.name.rsplit("/", 1)[-1] if node.name.startswith("/") else node.op_type
         names.append(f"{path}/{op}" if path else op)
-    return _unique(names)
+    return unique_names(names)
 
 
 def _param_module(node: onnx.NodeProto, modules: set[str], params: set[str]) -> str | None:

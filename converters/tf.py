@@ -23,17 +23,13 @@ from typing import Any
 
 import numpy as np
 import onnx
+from google.protobuf import text_format
 
-from converters import (
-    META_LAYOUT,
-    META_SOURCE,
-    Converted,
-    ConvertOptions,
-    layout_metadata,
-    missing_dependency,
-)
-from converters.keras import _first_line, _quiet, quiet_import
+from converters import (META_LAYOUT, META_SOURCE, Converted, ConvertOptions, first_line, layout_metadata,
+                        missing_dependency)
+from converters.keras import quiet_import, quiet_tensorflow
 from onnxviz.errors import ConversionError
+from onnxviz.graph import input_info
 
 __all__ = ["convert_saved_model", "convert_tflite", "saved_model_signatures"]
 
@@ -63,11 +59,9 @@ def saved_model_signatures(path: Path) -> tuple[list[str], list[str]]:
         if pb.is_file():
             saved_model.ParseFromString(pb.read_bytes())
         else:
-            from google.protobuf import text_format
-
             text_format.Parse(pbtxt.read_text(), saved_model)
     except Exception as e:
-        raise ConversionError(f"{path}: not a readable TensorFlow SavedModel ({_first_line(e)})") from e
+        raise ConversionError(f"{path}: not a readable TensorFlow SavedModel ({first_line(e)})") from e
     if not saved_model.meta_graphs:
         raise ConversionError(f"{path}: the SavedModel holds no MetaGraph")
     meta_graph = saved_model.meta_graphs[0]
@@ -86,7 +80,7 @@ def convert_saved_model(source: Any, options: ConvertOptions) -> Converted:
     tags, signatures = saved_model_signatures(path)
     signature = "serving_default" if "serving_default" in signatures else (signatures[0] if signatures else None)
     try:
-        with _quiet():
+        with quiet_tensorflow():
             graph_def, inputs, outputs, function, _imported, renames = tf_loader.from_saved_model(
                 str(path), None, None, tag=tags or ["serve"],
                 signatures=[signature] if signature else None,
@@ -95,20 +89,20 @@ def convert_saved_model(source: Any, options: ConvertOptions) -> Converted:
             )
     except Exception as e:
         raise ConversionError(f"{path}: cannot load the SavedModel's {signature or '__call__'} function: "
-                              f"{_first_line(e)}") from e
+                              f"{first_line(e)}") from e
     if not inputs or not outputs:
         raise ConversionError(f"{path}: the {signature or '__call__'} function has no tensor inputs or outputs")
 
     declared = {t.name: tuple(t.shape.as_list()) if t.shape.rank is not None else () for t in function.inputs}
     shape_override = _shape_override(inputs, [declared.get(name, ()) for name in inputs], options)
     try:
-        with _quiet():
+        with quiet_tensorflow():
             onnx_model, _ = tf2onnx.convert.from_graph_def(
                 graph_def, name=path.name, input_names=inputs, output_names=outputs, opset=options.opset,
                 shape_override=shape_override, tensors_to_rename=renames,
             )
     except Exception as e:
-        raise ConversionError(f"tf2onnx could not convert the SavedModel {path}: {_first_line(e)}") from e
+        raise ConversionError(f"tf2onnx could not convert the SavedModel {path}: {first_line(e)}") from e
     _strip_wrapper_scope(onnx_model)
 
     input_names = [value.name for value in onnx_model.graph.input]
@@ -117,7 +111,7 @@ def convert_saved_model(source: Any, options: ConvertOptions) -> Converted:
 
     def run_source(arrays: list[np.ndarray]) -> list[np.ndarray]:
         tensors = [tf.constant(a) for a in arrays]
-        with _quiet():
+        with quiet_tensorflow():
             if by_signature:  # a signature takes keyword arguments and returns a dict
                 result = function(**dict(zip(input_names, tensors)))
             else:
@@ -187,8 +181,6 @@ def _strip_wrapper_scope(model: onnx.ModelProto) -> None:
 def _guessed_layout(model: onnx.ModelProto) -> str | None:
     """The layout onnxviz reads from the converted graph (a Transpose to NCHW after an input means
     NHWC), recorded so that later readers need not guess."""
-    from onnxviz.graph import input_info
-
     layouts = {info.name: info.layout for info in input_info(model) if info.layout in ("NHWC", "NCHW")}
     kinds = set(layouts.values())
     if len(kinds) == 1:
@@ -200,11 +192,8 @@ def _guessed_layout(model: onnx.ModelProto) -> str | None:
 
 def _batch_is_free(model: onnx.ModelProto) -> bool:
     """Whether every graph input has a free first dimension (then it is named ``batch``)."""
-    initializers = {t.name for t in model.graph.initializer}
-    inputs = [v for v in model.graph.input if v.name not in initializers]
-    return bool(inputs) and all(
-        v.type.tensor_type.shape.dim and not v.type.tensor_type.shape.dim[0].HasField("dim_value") for v in inputs
-    )
+    inputs = input_info(model)
+    return bool(inputs) and all(i.shape and not isinstance(i.shape[0], int) for i in inputs)
 
 
 # --------------------------------------------------------------------------- TFLite
@@ -225,10 +214,10 @@ def convert_tflite(source: Any, options: ConvertOptions) -> Converted:
     declared = [tuple(None if s < 0 else int(s) for s in d.get("shape_signature", d["shape"])) for d in details]
     shape_override = _shape_override(names, declared, options)
     try:
-        with _quiet(), _native_stderr_silenced():  # tf2onnx's own interpreter announces XNNPACK on fd 2
+        with quiet_tensorflow(), _native_stderr_silenced():  # tf2onnx's own interpreter announces XNNPACK on fd 2
             onnx_model, _ = tf2onnx.convert.from_tflite(str(path), opset=options.opset, shape_override=shape_override)
     except Exception as e:
-        raise ConversionError(f"tf2onnx could not convert the TFLite model {path}: {_first_line(e)}") from e
+        raise ConversionError(f"tf2onnx could not convert the TFLite model {path}: {first_line(e)}") from e
 
     input_index = {d["name"]: d["index"] for d in details}
     output_index = {d["name"]: d["index"] for d in interpreter.get_output_details()}
@@ -291,7 +280,7 @@ def _interpreter(path: Path, tf: Any) -> Any:
             ) from None
         resolver = tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     try:
-        with _quiet():
+        with quiet_tensorflow():
             return interpreter_type(model_path=str(path), experimental_op_resolver_type=resolver)
     except Exception as e:
-        raise ConversionError(f"{path}: the TFLite interpreter cannot load it ({_first_line(e)})") from e
+        raise ConversionError(f"{path}: the TFLite interpreter cannot load it ({first_line(e)})") from e
