@@ -56,7 +56,7 @@ def _graph_to_float64(graph: onnx.GraphProto) -> None:
                 _graph_to_float64(attr.g)
 
 
-def _exact_ops() -> list:
+def exact_reference_ops() -> list:
     """Reference kernels that lose float64 precision, replaced by exact ones."""
     import functools
     import math
@@ -261,7 +261,7 @@ class Float64Reference:
         if opset_version(model) < 17:
             model = upgrade_opset(model, 18)
         self.model = to_float64(model)
-        self._evaluator = ReferenceEvaluator(self.model, new_ops=_exact_ops())
+        self._evaluator = ReferenceEvaluator(self.model, new_ops=exact_reference_ops())
         self.input_names = [i.name for i in self.model.graph.input
                             if i.name not in {t.name for t in self.model.graph.initializer}]
         self.output_names = [o.name for o in self.model.graph.output]

@@ -13,7 +13,7 @@ import onnxruntime as ort
 from onnx.reference import ReferenceEvaluator
 
 from onnxviz.autodiff import COTANGENT, gradient_model
-from onnxviz.fd import Float64Reference, _exact_ops, single_node_model, to_float64
+from onnxviz.fd import Float64Reference, exact_reference_ops, single_node_model, to_float64
 
 
 @dataclass
@@ -46,7 +46,7 @@ def check_gradient(model: onnx.ModelProto, feeds: dict[str, np.ndarray], *, of=N
 
     m64 = to_float64(model)
     g64 = gradient_model(m64, of=of, wrt=wrt)
-    ref = ReferenceEvaluator(g64, new_ops=_exact_ops())
+    ref = ReferenceEvaluator(g64, new_ops=exact_reference_ops())
     feeds64 = {k: (v.astype(np.float64) if v.dtype.kind == "f" else v) for k, v in feeds.items()}
     fwd = Float64Reference(m64)
     target_name = outputs[0]

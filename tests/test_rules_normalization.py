@@ -12,7 +12,7 @@ from gradcheck import check_gradient, check_op, ort_session, rel_error
 from onnxviz.autodiff import COTANGENT, gradient_model
 from onnxviz.autodiff.build import _build, plan
 from onnxviz.errors import ModelLoadError, UnsupportedOpError
-from onnxviz.fd import _exact_ops, single_node_model, to_float64
+from onnxviz.fd import exact_reference_ops, single_node_model, to_float64
 from onnxviz.graph import infer_shapes
 from test_rules_pooling import assert_close, symbolic
 
@@ -192,7 +192,7 @@ def test_group_norm_opset18_per_group():
     def gradients(model, feeds, float64=True, build=lambda m: gradient_model(m, of="out0")):
         grad = build(to_float64(model) if float64 else model)
         if float64:
-            run = ReferenceEvaluator(grad, new_ops=_exact_ops()).run
+            run = ReferenceEvaluator(grad, new_ops=exact_reference_ops()).run
             feeds = {k: v.astype(np.float64) for k, v in feeds.items()}
         else:
             run = ort_session(grad).run
@@ -251,7 +251,7 @@ def test_float16_input_computes_statistics_in_float32(op, attrs, params, opset):
     cot = rng.standard_normal(x.shape)
     model32, _ = one_node(op, {"x": x}, attrs, values, opset)
     g64 = gradient_model(to_float64(model32), of="out0")
-    want = ReferenceEvaluator(g64, new_ops=_exact_ops()).run(None, {"x": x, COTANGENT: cot})[1]
+    want = ReferenceEvaluator(g64, new_ops=exact_reference_ops()).run(None, {"x": x, COTANGENT: cot})[1]
     model16 = onnx.helper.make_model(onnx.helper.make_graph(
         [onnx.helper.make_node(op, ["x"] + list(params), ["y"], **attrs)], "half",
         [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT16, x.shape)],
