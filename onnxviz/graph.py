@@ -23,13 +23,14 @@ import onnx
 from onnx import helper
 
 from .errors import LayerNotFoundError, ModelLoadError, OnnxvizError, ShapeError, not_found, one_line
-from .graphview import Shape, dims, value_names, value_types
+from .graphview import GraphView, Shape, dims, value_names, value_types
 from .layout import guess_input_layout
+from .ops import ACTIVATIONS, CONV_OPS
 
 __all__ = [
     "META_CLASSES", "META_LAYOUT", "META_RANGE", "META_RANGE_SOURCE", "META_SOURCE", "DEFAULT_VALUE_RANGE",
     "Shape", "Layer", "ModelLayer", "InputInfo", "ModelSource",
-    "load_model", "infer_shapes", "layer_table", "model_layers", "model_layer", "layer_output",
+    "load_model", "infer_shapes", "layer_table", "conv_layers", "model_layers", "model_layer", "layer_output",
     "tensor_shape", "tensor_dtype", "find_layer",
     "layer_names", "input_info", "metadata", "set_metadata", "class_names", "opset_version",
     "parameter_count", "model_summary", "check_value_range", "RANGE_SOURCES", "read_class_names",
@@ -623,6 +624,23 @@ def _modules_only(scopes: list[str] | None) -> list[str]:
     if not scopes:
         return []
     return scopes[1:-1] if scopes[0] == "" else scopes
+
+
+def conv_layers(model: onnx.ModelProto, op_types: Iterable[str] = CONV_OPS) -> list[str]:
+    """Output tensors of the convolution layers in graph order, after their activation when a conv
+    feeds exactly one elementwise activation (what a Keras ``Conv2D(activation=...)`` layer outputs)."""
+    wanted = set(op_types)
+    readers = GraphView(model).consumers
+    out = []
+    for node in model.graph.node:
+        if node.op_type not in wanted:
+            continue
+        tensor = node.output[0]
+        after = readers.get(tensor, [])
+        if len(after) == 1 and after[0].op_type in ACTIVATIONS and after[0].input[0] == tensor:
+            tensor = after[0].output[0]
+        out.append(tensor)
+    return out
 
 
 # --------------------------------------------------------------------------------------- inputs

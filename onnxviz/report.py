@@ -26,12 +26,11 @@ from .datasets import SHAPE_CLASSES, make_shapes
 from .errors import OnnxvizError, RewriteError
 from .fileio import check_outputs, check_suffix, write_files
 from .fvsanity import visualization_sanity
-from .graph import META_CLASSES, check_class_names, layer_output, layer_table, load_model, model_summary, set_metadata
+from .graph import (META_CLASSES, check_class_names, conv_layers, layer_output, layer_table, load_model, model_summary,
+                    set_metadata)
 from .graph import class_names as metadata_class_names
-from .graphview import GraphView
 from .images import load_images, model_input
 from .maximize import Maximizer
-from .ops import ACTIVATIONS, CONV_OPS
 from .priors import resolve_prior
 from .render import grid_image, overlay
 from .rewrite import to_logits
@@ -62,22 +61,6 @@ class ReportRecord:
     sanity: dict[str, Any] | None = None  # the class images' randomized-model control (fvsanity)
     prior: dict[str, Any] | None = None  # the image prior of the class pictures, if any
     classes: list[int] = field(default_factory=list)  # the output units the class pictures show
-
-
-def conv_layers(model: onnx.ModelProto) -> list[str]:
-    """Output tensors of the convolution layers in graph order, after their activation when a conv
-    feeds exactly one elementwise activation (what a Keras ``Conv2D(activation=...)`` layer outputs)."""
-    readers = GraphView(model).consumers
-    out = []
-    for node in model.graph.node:
-        if node.op_type not in CONV_OPS:
-            continue
-        tensor = node.output[0]
-        after = readers.get(tensor, [])
-        if len(after) == 1 and after[0].op_type in ACTIVATIONS and after[0].input[0] == tensor:
-            tensor = after[0].output[0]
-        out.append(tensor)
-    return out
 
 
 def spread(n: int, count: int) -> list[int]:
