@@ -235,7 +235,7 @@ def _build(model: onnx.ModelProto, the_plan: GradientPlan, modifier: str | None)
         g.node = fnode
         gx = RULES[proto.op_type](g, fnode, gy)
         g.node = None
-        for name, grad, need in zip(proto.input, gx, needs):
+        for name, grad, need in zip(proto.input, gx, needs):  # a rule may leave out trailing inputs
             if need and grad is not None:
                 contributions.setdefault(name, []).append(grad)
 

@@ -2,8 +2,9 @@
 
 A rule has the signature ``rule(g, node, gy) -> list[str | None]`` (see ``..builder``): ``g`` emits
 backward nodes, ``node`` describes the forward node, ``gy`` holds one cotangent (or None) per forward
-output; the result holds one cotangent (or None) per forward input. A rule only needs to produce
-gradients for inputs where ``node.needs[i]`` is true.
+output; the result holds one cotangent (or None) per forward input, and may stop after the last
+input that gets one (shape, axes and other trailing inputs are left out). A rule only needs to
+produce gradients for inputs where ``node.needs[i]`` is true.
 
 Adding an op = one function decorated with ``@rule("OpType")`` in the family module, plus one test.
 """

@@ -115,14 +115,14 @@ def identity(g, node, gy):
         mode = node.value(2)
         if mode is not None and bool(mode):
             raise UnsupportedOpError({"Dropout": [node.name]}, "training_mode=1 is not differentiable")
-    return [gy[0]] + [None] * (len(node.input) - 1)
+    return [gy[0]]
 
 
 @rule("Cast", "CastLike")
 def cast(g, node, gy):
     x = node.input[0]
     back = g.Cast(gy[0], to=node.dtype(x))
-    return [back] + [None] * (len(node.input) - 1)
+    return [back]
 
 
 @rule("Gelu")
@@ -254,7 +254,7 @@ def clip(g, node, gy):
     mask = _relu6_mask(g, z, lo, hi)
     if mask is not None:  # ReLU6 and friends: 0/1 masks onnxruntime runs in its NCHWc layout
         through = g.Mul(gy[0], mask)
-        return [g.Relu(through) if g.modifier == "guided" else through] + [None] * (len(node.input) - 1)
+        return [g.Relu(through) if g.modifier == "guided" else through]
     if lo is not None:
         inside = g.Greater(z, lo)
     if hi is not None:
@@ -263,7 +263,7 @@ def clip(g, node, gy):
     through = gy[0] if inside is None else g.Where(inside, gy[0], zero)
     if lo is not None:
         through = _modified(g, through, gy[0], x)
-    return [through] + [None] * (len(node.input) - 1)
+    return [through]
 
 
 @rule("Elu")

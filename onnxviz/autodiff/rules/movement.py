@@ -58,7 +58,7 @@ def _through_index_map(g, node, gy, **attrs):
     moved = g.op(node.op_type, [positions] + node.input[1:], **(attrs or _attrs(node)))
     if node.op_type in NO_INT_KERNEL:
         moved = g.Cast(moved, to=7)  # INT64
-    return [scatter_back(g, x, moved, gy[0])] + [None] * (len(node.input) - 1)
+    return [scatter_back(g, x, moved, gy[0])]
 
 
 def _attrs(node) -> dict:
@@ -74,7 +74,7 @@ def _attr_value(a):
 def reshape_like(g, node, gy):
     """Element order is unchanged: reshape the cotangent back to the input's shape."""
     # allowzero: the target is a real shape, so a 0 in it is an empty dim, never "copy".
-    return [g.Reshape(gy[0], g.shape_of(node.input[0]), allowzero=1)] + [None] * (len(node.input) - 1)
+    return [g.Reshape(gy[0], g.shape_of(node.input[0]), allowzero=1)]
 
 
 @rule("Transpose")
@@ -109,7 +109,7 @@ def split(g, node, gy):
     x = node.input[0]
     axis = node.attr("axis", 0) % node.rank(x)
     pieces = [gz if gz is not None else g.zeros_like(out) for gz, out in zip(gy, node.output)]
-    return [g.Concat(*pieces, axis=axis)] + [None] * (len(node.input) - 1)
+    return [g.Concat(*pieces, axis=axis)]
 
 
 @rule("Expand")
@@ -133,11 +133,11 @@ def pad(g, node, gy):
         size = g.Cast(g.ReduceProd(g.shape_of(x), keepdims=0), to=11)
         inputs = [positions, node.input[1], size] + node.input[3:4]
         moved = g.Cast(g.op("Pad", inputs, mode="constant"), to=7)
-        return [scatter_back(g, x, moved, gy[0], sentinel=True)] + [None] * (len(node.input) - 1)
+        return [scatter_back(g, x, moved, gy[0], sentinel=True)]
     if mode in ("reflect", "edge", "wrap"):
         inputs = [positions, node.input[1], ""] + node.input[3:4]
         moved = g.Cast(g.op("Pad", inputs, mode=mode), to=7)
-        return [scatter_back(g, x, moved, gy[0])] + [None] * (len(node.input) - 1)
+        return [scatter_back(g, x, moved, gy[0])]
     raise ShapeError(f"Pad mode '{mode}' is not differentiable here")
 
 
@@ -169,7 +169,7 @@ def resize(g, node, gy):
     grad = gy[0]
     for axis, matrix in resize_matrices(node):
         grad = _contract_axis(g, grad, matrix, axis, rank, like=x)
-    return [grad] + [None] * (len(node.input) - 1)
+    return [grad]
 
 
 def _contract_axis(g, t: str, matrix: np.ndarray, axis: int, rank: int, like: str) -> str:

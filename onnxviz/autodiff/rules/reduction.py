@@ -61,11 +61,11 @@ def _reduce_rule(local, elementwise: bool = False):
         x = node.input[0]
         if axes is None:
             dx = local(g, node, x, node.output[0], gy[0], []) if elementwise else gy[0]
-            return [dx] + [None] * (len(node.input) - 1)
+            return [dx]
         gz = _kept(g, node, gy[0], axes)
         z = _kept(g, node, node.output[0], axes)
         dx = local(g, node, x, z, gz, axes)
-        return [dx] + [None] * (len(node.input) - 1)
+        return [dx]
 
     return grad
 
