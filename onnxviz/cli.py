@@ -9,11 +9,13 @@ interrupted the command and whether any file was written (temp files are removed
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Callable
 
 import typer
 from typer.core import TyperGroup
@@ -109,8 +111,8 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", help="Show the version and exit.",
-                                 callback=_version_callback, is_eager=True),
+    version: Annotated[bool, typer.Option("--version", help="Show the version and exit.", callback=_version_callback,
+                                          is_eager=True)] = False,
 ) -> None:
     """See what a trained neural network has learned — for any ONNX model, on onnxruntime alone."""
 
@@ -184,6 +186,24 @@ def _model_layers_table(rows: list, width: int):
     return table
 
 
+@contextlib.contextmanager
+def _progress(description: str, unit: str = "", quiet: bool = False):
+    """The one progress display: a transient bar on stderr while the block runs, where stderr is a
+    terminal and not ``quiet``. Yields ``update(completed=, total=, description=)`` for the bar (with
+    ``unit``, it also shows ``completed/total unit``), or None where there is no bar."""
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    counts = [TextColumn("{task.completed}/{task.total} " + unit)] if unit else []
+    with Progress(TextColumn("{task.description}"), BarColumn(), *counts, TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=None)
+        yield lambda **fields: bar.update(task, **fields)
+
+
 def _echo_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2))
 
@@ -204,33 +224,45 @@ def _parse_shapes(text: str | None) -> list[tuple[int, ...]] | None:
     return shapes
 
 
-# options several commands share (one definition each)
+# options several commands share, each declared once (``typing.Annotated``; the default is the
+# parameter's: ``providers: Providers = "auto"``)
 #: How every --layer is read (onnxviz.graph.find_layer): names first, an integer is an index only
 #: when it names nothing.
 _LAYER_HELP = ("a layer as `onnxviz layers` lists it (preds, conv2d_1, layer4.1.conv2), a tensor or node name, "
                "or a node index as `layers --nodes` numbers them; names win: '3' is a tensor named 3 if the "
                "model has one")
-_PROVIDERS_OPT = typer.Option("auto", "--providers", help="auto | cpu | cuda.")
-_INPUT_SHAPE_OPT = typer.Option(None, "--input-shape", help="Input shape for dynamic dims, e.g. 1,3,224,224.")
-_INPUT_RANGE_OPT = typer.Option(None, "--input-range", help="Input value range, e.g. 0,1 (default: metadata).")
-_METRICS_OPT = typer.Option(False, "--metrics", help="Print deletion / insertion AUC (and a random order's).")
-_SANITY_OPT = typer.Option(False, "--sanity", help="Print the model-randomization sanity check.")
-_CMAP_OPT = typer.Option("jet", "--cmap", help="Matplotlib colormap of the overlays.")
-_ALPHA_OPT = typer.Option(0.5, "--alpha", help="Overlay opacity.")
-_BATCH_OPT = typer.Option(None, "--batch-size", help="Inputs per onnxruntime run (default: auto).")
-_CLASS_NAMES_OPT = typer.Option(None, "--class-names",
-                                help="Class names: a file (one name per line, or a JSON list) or a,b,c "
-                                     "(as many as the output has units; default: the metadata's).")
+ModelFile = Annotated[str, typer.Argument(help="ONNX model file.")]
+Images = Annotated[list[str], typer.Argument(help="PNG / JPEG / NPY images (an NPY may hold a batch).")]
+Figure = Annotated[Path, typer.Option("-o", "--output", help="PNG figure: each image, then one overlay per method.")]
+Unit = Annotated[str | None, typer.Option("--unit", "-u", help="Class index or name (default: each image's top class); "
+                                                               "a comma list gives one per image.")]
+SaveMaps = Annotated[Path | None, typer.Option("--save-npy", help="Also write the maps: (images, H, W) at the model "
+                                               "input's resolution; (methods, images, H, W) for several methods.")]
+TargetLayer = Annotated[str | None, typer.Option("--layer", "-l", help=f"Target: {_LAYER_HELP} (default: logits of "
+                                                                       "the first output).")]
+Steps = Annotated[int | None, typer.Option("--steps", help="Optimization steps (default: by input kind).")]
+Gradient = Annotated[str, typer.Option("--gradient", help="auto | graph | fd.")]
+Providers = Annotated[str, typer.Option("--providers", help="auto | cpu | cuda.")]
+InputShape = Annotated[str | None, typer.Option("--input-shape", help="Input shape for dynamic dims, e.g. 1,3,224,224.")]
+InputRange = Annotated[str | None, typer.Option("--input-range", help="Input value range, e.g. 0,1 (default: metadata).")]
+Metrics = Annotated[bool, typer.Option("--metrics", help="Print deletion / insertion AUC (and a random order's).")]
+Sanity = Annotated[bool, typer.Option("--sanity", help="Print the model-randomization sanity check.")]
+Cmap = Annotated[str, typer.Option("--cmap", help="Matplotlib colormap of the overlays.")]
+Alpha = Annotated[float, typer.Option("--alpha", help="Overlay opacity.")]
+BatchSize = Annotated[int | None, typer.Option("--batch-size", help="Inputs per onnxruntime run (default: auto).")]
+ClassNames = Annotated[str | None, typer.Option("--class-names", help="Class names: a file (one name per line, or a "
+                                                "JSON list) or a,b,c (as many as the output has units; default: the "
+                                                "metadata's).")]
 
 
 # ----------------------------------------------------------------------------------- commands
 @command()
 def layers(
-    model: str = typer.Argument(..., help="ONNX model file."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
-    layer: Optional[str] = typer.Option(None, "--layer", "-l",
-                                        help=f"Show only the layer holding this: {_LAYER_HELP}."),
-    nodes: bool = typer.Option(False, "--nodes", help="One row per ONNX node (index, name, op, outputs, shapes)."),
+    model: ModelFile,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list instead of a table.")] = False,
+    layer: Annotated[str | None, typer.Option("--layer", "-l", help=f"Show only the layer holding this: "
+                                                                    f"{_LAYER_HELP}.")] = None,
+    nodes: Annotated[bool, typer.Option("--nodes", help="One row per ONNX node (index, name, op, outputs, shapes).")] = False,
 ) -> None:
     """List the layers as the framework knew them (Keras layers, PyTorch modules): output tensor,
     shape, parameters, ops. Any --layer option takes the names this table shows."""
@@ -259,8 +291,8 @@ def layers(
 
 @command()
 def info(
-    model: str = typer.Argument(..., help="ONNX model file."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+    model: ModelFile,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ) -> None:
     """Inputs (shape, layout, value range), outputs, opset, producer, parameters, ops, metadata."""
     from .graph import load_model, model_summary
@@ -301,18 +333,17 @@ def info(
 
 @command()
 def convert(
-    src: str = typer.Argument(..., help="Framework model (e.g. a .keras file)."),
-    output: Path = typer.Option(..., "-o", "--output", help="Where to write the ONNX model."),
-    input_shape: Optional[str] = typer.Option(None, "--input-shape",
-                                              help="Full input shape, batch first, e.g. 1,28,28,1 "
-                                                   "(';' between several inputs)."),
-    opset: Optional[int] = typer.Option(None, "--opset", help="Target ONNX opset."),
-    input_range: Optional[str] = typer.Option(None, "--input-range",
-                                              help="The value range the model was trained on, e.g. 0,1 / -1,1 / "
-                                                   "0,255 (stored in the metadata; default: guessed, and marked so)."),
-    layout: Optional[str] = typer.Option(None, "--layout", help="Image layout of the input: NHWC | NCHW "
-                                                                 "(default: the source framework's)."),
-    class_names: Optional[str] = _CLASS_NAMES_OPT,
+    src: Annotated[str, typer.Argument(help="Framework model (e.g. a .keras file).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the ONNX model.")],
+    input_shape: Annotated[str | None, typer.Option("--input-shape", help="Full input shape, batch first, e.g. "
+                                                    "1,28,28,1 (';' between several inputs).")] = None,
+    opset: Annotated[int | None, typer.Option("--opset", help="Target ONNX opset.")] = None,
+    input_range: Annotated[str | None, typer.Option("--input-range", help="The value range the model was trained on, "
+                                                    "e.g. 0,1 / -1,1 / 0,255 (stored in the metadata; default: "
+                                                    "guessed, and marked so).")] = None,
+    layout: Annotated[str | None, typer.Option("--layout", help="Image layout of the input: NHWC | NCHW (default: the "
+                                                                "source framework's).")] = None,
+    class_names: ClassNames = None,
 ) -> None:
     """Convert a framework model to ONNX and check parity against the source."""
     from converters import to_onnx
@@ -367,11 +398,10 @@ def _model_class_names(model: Any) -> list[str] | None:
 
 @command()
 def grad(
-    model: str = typer.Argument(..., help="ONNX model file."),
-    output: Path = typer.Option(..., "-o", "--output", help="Where to write the gradient model."),
-    layer: Optional[str] = typer.Option(None, "--layer", "-l",
-                                        help=f"Target: {_LAYER_HELP} (default: logits of the first output)."),
-    modifier: Optional[str] = typer.Option(None, "--modifier", help="guided | deconvnet (ReLU family)."),
+    model: ModelFile,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the gradient model.")],
+    layer: TargetLayer = None,
+    modifier: Annotated[str | None, typer.Option("--modifier", help="guided | deconvnet (ReLU family).")] = None,
 ) -> None:
     """Save the gradient model: inputs + cotangent -> target, d(cotangent . target)/d input."""
     from .autodiff import gradient_model
@@ -407,12 +437,11 @@ def _init_names(model) -> set[str]:
 
 @command()
 def check(
-    model: str = typer.Argument(..., help="ONNX model file."),
-    layer: Optional[str] = typer.Option(None, "--layer", "-l",
-                                        help=f"Target: {_LAYER_HELP} (default: logits of the first output)."),
-    input_shape: Optional[str] = _INPUT_SHAPE_OPT,
-    seed: int = typer.Option(0, "--seed", help="Seed of the random input and directions."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    model: ModelFile,
+    layer: TargetLayer = None,
+    input_shape: InputShape = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random input and directions.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Check the gradient against float64 finite differences. Exit 0 pass, 1 mismatch, 2 bad input."""
     import warnings
@@ -473,38 +502,38 @@ def _parse_range(text: str | None) -> tuple[float, float] | None:
 
 @command()
 def maximize(
-    model: str = typer.Argument(..., help="ONNX model file."),
-    layer: Optional[str] = typer.Option(None, "--layer", "-l",
-                                        help=f"Layer: {_LAYER_HELP} (default: the output layer, as logits)."),
-    units: str = typer.Option("all", "--units", "-u", help="Units/channels: 3, 0-9, 1,4,7-9 or all."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="PNG grid of the images."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Optimization steps (default: by input kind)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same images."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate (default: by input kind)."),
-    param: Optional[str] = typer.Option(None, "--param", help="Image parameterization: pixel | fft."),
-    class_objective: Optional[str] = typer.Option(None, "--class-objective",
-                                                  help="Softmax layers: logit | log-softmax (default: by input kind)."),
-    gif: Optional[Path] = typer.Option(None, "--gif", help="Also write a GIF of the optimization."),
-    save_npy: Optional[Path] = typer.Option(None, "--save-npy",
-                                            help="Also write the raw images (units, *input shape), model layout and range."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON record instead of text."),
-    gradient: str = typer.Option("auto", "--gradient", help="auto | graph | fd."),
-    providers: str = _PROVIDERS_OPT,
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per onnxruntime run (default: auto)."),
-    input_range: Optional[str] = _INPUT_RANGE_OPT,
-    input_shape: Optional[str] = _INPUT_SHAPE_OPT,
-    prior: str = typer.Option("auto", "--prior",
-                              help="Image prior: a .npz from 'onnxviz prior fit', auto (MODEL.prior.npz beside "
-                                   "the model, if any) or none."),
-    prior_weight: Optional[float] = typer.Option(None, "--prior-weight",
-                                                 help="Weight of the prior's penalty, relative (default 1; 0.05 with --from)."),
-    start: Optional[str] = typer.Option(None, "--from",
-                                        help="Feature accentuation: start from this image (PNG/JPEG/NPY) and change "
-                                             "it as little as possible so the units rise."),
-    sanity: bool = typer.Option(False, "--sanity",
-                                help="Then run the same recipe on copies re-drawn from the top weight layer down and "
-                                     "report whether the pictures come from the model (exit 1 on FAIL)."),
-    class_names: Optional[str] = _CLASS_NAMES_OPT,
+    model: ModelFile,
+    layer: Annotated[str | None, typer.Option("--layer", "-l", help=f"Layer: {_LAYER_HELP} (default: the output layer, "
+                                                                    "as logits).")] = None,
+    units: Annotated[str, typer.Option("--units", "-u", help="Units/channels: 3, 0-9, 1,4,7-9 or all.")] = "all",
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="PNG grid of the images.")] = None,
+    steps: Steps = None,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed gives the same images.")] = 0,
+    lr: Annotated[float | None, typer.Option("--lr", help="Adam learning rate (default: by input kind).")] = None,
+    param: Annotated[str | None, typer.Option("--param", help="Image parameterization: pixel | fft.")] = None,
+    class_objective: Annotated[str | None, typer.Option("--class-objective", help="Softmax layers: logit | log-softmax "
+                                                        "(default: by input kind).")] = None,
+    gif: Annotated[Path | None, typer.Option("--gif", help="Also write a GIF of the optimization.")] = None,
+    save_npy: Annotated[Path | None, typer.Option("--save-npy", help="Also write the raw images (units, *input shape), "
+                                                  "model layout and range.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON record instead of text.")] = False,
+    gradient: Gradient = "auto",
+    providers: Providers = "auto",
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Images per onnxruntime run (default: "
+                                                                        "auto).")] = None,
+    input_range: InputRange = None,
+    input_shape: InputShape = None,
+    prior: Annotated[str, typer.Option("--prior", help="Image prior: a .npz from 'onnxviz prior fit', auto "
+                                       "(MODEL.prior.npz beside the model, if any) or none.")] = "auto",
+    prior_weight: Annotated[float | None, typer.Option("--prior-weight", help="Weight of the prior's penalty, relative "
+                                                       "(default 1; 0.05 with --from).")] = None,
+    start: Annotated[str | None, typer.Option("--from", help="Feature accentuation: start from this image "
+                                              "(PNG/JPEG/NPY) and change it as little as possible so the units "
+                                              "rise.")] = None,
+    sanity: Annotated[bool, typer.Option("--sanity", help="Then run the same recipe on copies re-drawn from the top "
+                                         "weight layer down and report whether the pictures come from the model (exit "
+                                         "1 on FAIL).")] = False,
+    class_names: ClassNames = None,
 ) -> None:
     """Activation maximization: images that drive units of a layer (class logits by default)."""
     from .maximize import Maximizer, default_settings, parse_units
@@ -536,25 +565,12 @@ def maximize(
             raise OnnxvizError(f"--from takes one image; {start} holds {len(loaded)}")
         start_image = loaded.batch[0]
     total = steps or default_settings(engine.input.channels, engine.input.h, engine.input.w).steps
-    run = lambda callbacks: engine.run(key, unit_list, steps=steps, lr=lr, seed=seed, param=param,  # noqa: E731
-                                       batch_size=batch_size, callbacks=callbacks, class_objective=class_objective,
-                                       record_every=max(1, total // 40) if gif is not None else 0,
-                                       prior=prior, prior_weight=prior_weight, start=start_image)
-    if as_json or not sys.stderr.isatty():
-        result = run(())
-    else:
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-        with Progress(TextColumn("maximizing"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-                      TimeElapsedColumn(), console=Console(stderr=True), transient=True) as progress:
-            task = progress.add_task("maximize", total=None)
-
-            def on_step(info: Any) -> None:
-                progress.update(task, total=info.steps * info.chunks,
-                                completed=info.chunk * info.steps + info.step)
-
-            result = run((on_step,))
+    with _progress("maximizing", unit="steps", quiet=as_json) as update:
+        result = engine.run(key, unit_list, steps=steps, lr=lr, seed=seed, param=param, batch_size=batch_size,
+                            class_objective=class_objective, record_every=max(1, total // 40) if gif is not None else 0,
+                            prior=prior, prior_weight=prior_weight, start=start_image, callbacks=() if update is None
+                            else (lambda info: update(completed=info.chunk * info.steps + info.step,
+                                                      total=info.steps * info.chunks),))
     written = save_result(result, png=output, gif=gif, npy=save_npy, start=start_image)
     check = None
     if sanity:
@@ -599,16 +615,15 @@ app.add_typer(prior_app, name="prior")
 
 @prior_app.command("fit")
 def prior_fit(
-    images: list[str] = typer.Argument(..., help="Sample images: folders, PNG/JPEG files or .npy arrays."),
-    model: str = typer.Option(..., "--model", "-m", help="The ONNX model the prior is for."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output",
-                                          help="Where to write the prior (default: MODEL.prior.npz beside the model, "
-                                               "where maximize finds it)."),
-    kind: str = typer.Option("auto", "--kind", help="auto | gaussian (small inputs) | fourier (large RGB)."),
-    components: Optional[int] = typer.Option(None, "--components", "-k",
-                                             help="Gaussian prior: principal directions kept (default: by --variance)."),
-    variance: float = typer.Option(0.9, "--variance", help="Gaussian prior: explained variance to keep."),
-    input_range: Optional[str] = _INPUT_RANGE_OPT,
+    images: Annotated[list[str], typer.Argument(help="Sample images: folders, PNG/JPEG files or .npy arrays.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="The ONNX model the prior is for.")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Where to write the prior (default: "
+                                                "MODEL.prior.npz beside the model, where maximize finds it).")] = None,
+    kind: Annotated[str, typer.Option("--kind", help="auto | gaussian (small inputs) | fourier (large RGB).")] = "auto",
+    components: Annotated[int | None, typer.Option("--components", "-k", help="Gaussian prior: principal directions "
+                                                   "kept (default: by --variance).")] = None,
+    variance: Annotated[float, typer.Option("--variance", help="Gaussian prior: explained variance to keep.")] = 0.9,
+    input_range: InputRange = None,
 ) -> None:
     """Fit an image prior from sample images, for `onnxviz maximize --prior`."""
     from .graph import load_model
@@ -634,12 +649,10 @@ def prior_fit(
 
 
 # ----------------------------------------------------------------------------------- attribution
-def _attribution_command(family: str, model: str, images: list[str], methods: str, output: Path,
-                         save_npy: Optional[Path], unit: Optional[str], metrics: bool, sanity: bool,
-                         input_shape: Optional[str], input_range: Optional[str], providers: str,
-                         batch_size: Optional[int], gradient: str, seed: int, cmap: str, alpha: float,
+def _attribution_command(family: str, methods: str, save_npy: Path | None, common: dict[str, Any],
                          **options: Any) -> None:
-    """Shared by ``saliency`` / ``cam`` / ``occlusion``: read, attribute, print, then write."""
+    """Shared by ``saliency`` / ``cam`` / ``occlusion``: read, attribute, print, then write.
+    ``common``: the values of the arguments and options :func:`_attribution_options` adds."""
     import numpy as np
 
     from .attribution import CAM_METHODS, SALIENCY_METHODS, explain_files, method_name
@@ -654,18 +667,21 @@ def _attribution_command(family: str, model: str, images: list[str], methods: st
                          "occlusion")
             raise OnnxvizError(f"{name!r} is not a {family} method (use `onnxviz {other}`); "
                                f"choose: {', '.join(allowed)}")
+    output, unit, cmap, alpha, seed = (common[k] for k in ("output", "unit", "cmap", "alpha", "seed"))
     _check_outputs(picture=output, npy=save_npy)
     from .render import check_alpha, colormap
 
     colormap(cmap)  # both refused now, not after the work
     check_alpha(alpha)
-    shapes = _parse_shapes(input_shape)
+    shapes = _parse_shapes(common["input_shape"])
     unit_key: Any = unit
     if unit is not None and "," in unit:
         unit_key = [u for u in unit.split(",") if u.strip()]
-    att_options = {"input_shape": shapes[0] if shapes else None, "value_range": _parse_range(input_range),
-                   "providers": providers, "batch_size": batch_size, "gradient": gradient}
-    result = explain_files(model, images, names, unit_key, metrics=metrics, sanity=sanity, seed=seed,
+    att_options = {"input_shape": shapes[0] if shapes else None, "value_range": _parse_range(common["input_range"]),
+                   "providers": common["providers"], "batch_size": common["batch_size"],
+                   "gradient": common.get("gradient", "auto")}
+    result = explain_files(common["model"], common["images"], names, unit_key, metrics=common["metrics"],
+                           sanity=common["sanity"], seed=seed, class_names=common["class_names"],
                            attributor_options=att_options, **options)
     att = result.attributor
     for note in result.images.notes:
@@ -714,101 +730,86 @@ def _say(text: str) -> None:
     typer.echo(_printable(text))
 
 
-_IMAGES_ARG = typer.Argument(..., help="PNG / JPEG / NPY images (an NPY may hold a batch).")
-_UNIT_OPT = typer.Option(None, "--unit", "-u", help="Class index or name (default: each image's top class); "
-                                                    "a comma list gives one per image.")
-_OUT_OPT = typer.Option(..., "-o", "--output", help="PNG figure: each image, then one overlay per method.")
-_NPY_OPT = typer.Option(None, "--save-npy", help="Also write the maps: (images, H, W) at the model input's "
-                                                 "resolution; (methods, images, H, W) for several methods.")
+def _attribution_options(seed: str, gradient: Any = Gradient) -> Callable:
+    """Decorator: the arguments and options ``saliency``, ``cam`` and ``occlusion`` share (``--seed``
+    with the help given, ``--gradient`` as given, none where that is None), the first four before the
+    command's own parameters and the rest after; the command gets their values as one dict, ``common``."""
+    required = inspect.Parameter.empty
+    head = [("model", ModelFile, required), ("images", Images, required), ("output", Figure, required),
+            ("unit", Unit, None)]
+    tail = [("metrics", Metrics, False), ("sanity", Sanity, False),
+            ("seed", Annotated[int, typer.Option("--seed", help=seed)], 0), ("cmap", Cmap, "jet"),
+            ("alpha", Alpha, 0.5), *([("gradient", gradient, "auto")] if gradient is not None else []),
+            ("providers", Providers, "auto"), ("batch_size", BatchSize, None), ("input_range", InputRange, None),
+            ("input_shape", InputShape, None), ("class_names", ClassNames, None)]
+
+    def decorate(func: Callable) -> Callable:
+        own = [(p.name, p.annotation, p.default) for p in inspect.signature(func, eval_str=True).parameters.values()
+               if p.name != "common"]
+        params = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=kind, default=default)
+                  for name, kind, default in head + own + tail]
+
+        def run(**values: Any) -> None:
+            common = {name: values.pop(name) for name, _, _ in head + tail}
+            func(**values, common=common)
+
+        run.__name__, run.__qualname__, run.__doc__ = func.__name__, func.__qualname__, func.__doc__
+        run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in params}
+        return run
+
+    return decorate
 
 
 @command()
+@_attribution_options(seed="Seed of the SmoothGrad noise and the metrics.")
 def saliency(
-    model: str = typer.Argument(..., help="ONNX model file."),
-    images: list[str] = _IMAGES_ARG,
-    output: Path = _OUT_OPT,
-    unit: Optional[str] = _UNIT_OPT,
-    method: str = typer.Option("vanilla", "--method", "-m",
-                               help="vanilla | smoothgrad | gradxinput | ig | guided | deconvnet (also "
-                                    "smoothgrad-squared, vargrad); comma-separate several to compare."),
-    save_npy: Optional[Path] = _NPY_OPT,
-    modifier: str = typer.Option("abs", "--modifier", help="abs | relu | negate | none (signed)."),
-    samples: int = typer.Option(25, "--samples", help="SmoothGrad: noisy samples per image."),
-    noise: float = typer.Option(0.15, "--noise", help="SmoothGrad: noise sigma as a fraction of the input range."),
-    steps: int = typer.Option(64, "--steps", help="Integrated gradients: steps."),
-    baseline: str = typer.Option("black", "--baseline", help="Integrated gradients: black | white | zero | a number."),
-    metrics: bool = _METRICS_OPT,
-    sanity: bool = _SANITY_OPT,
-    seed: int = typer.Option(0, "--seed", help="Seed of the SmoothGrad noise and the metrics."),
-    cmap: str = _CMAP_OPT,
-    alpha: float = _ALPHA_OPT,
-    gradient: str = typer.Option("auto", "--gradient", help="auto | graph | fd."),
-    providers: str = _PROVIDERS_OPT,
-    batch_size: Optional[int] = _BATCH_OPT,
-    input_range: Optional[str] = _INPUT_RANGE_OPT,
-    input_shape: Optional[str] = _INPUT_SHAPE_OPT,
-    class_names: Optional[str] = _CLASS_NAMES_OPT,
+    method: Annotated[str, typer.Option("--method", "-m", help="vanilla | smoothgrad | gradxinput | ig | guided | "
+                                        "deconvnet (also smoothgrad-squared, vargrad); comma-separate several to "
+                                        "compare.")] = "vanilla",
+    save_npy: SaveMaps = None,
+    modifier: Annotated[str, typer.Option("--modifier", help="abs | relu | negate | none (signed).")] = "abs",
+    samples: Annotated[int, typer.Option("--samples", help="SmoothGrad: noisy samples per image.")] = 25,
+    noise: Annotated[float, typer.Option("--noise", help="SmoothGrad: noise sigma as a fraction of the input "
+                                                         "range.")] = 0.15,
+    steps: Annotated[int, typer.Option("--steps", help="Integrated gradients: steps.")] = 64,
+    baseline: Annotated[str, typer.Option("--baseline", help="Integrated gradients: black | white | zero | a "
+                                                             "number.")] = "black",
+    *, common: dict[str, Any],
 ) -> None:
     """Saliency maps from input gradients (vanilla, SmoothGrad, gradient x input, IG, guided, deconvnet)."""
     mod = None if modifier.strip().lower() in ("none", "signed", "") else modifier.strip().lower()
-    _attribution_command("saliency", model, images, method, output, save_npy, unit, metrics, sanity, input_shape,
-                         input_range, providers, batch_size, gradient, seed, cmap, alpha, modifier=mod,
-                         samples=samples, noise=noise, steps=steps, baseline=baseline, class_names=class_names)
+    _attribution_command("saliency", method, save_npy, common, modifier=mod, samples=samples, noise=noise,
+                         steps=steps, baseline=baseline)
 
 
 @command()
+@_attribution_options(seed="Seed of the metrics' tie-breaking.", gradient=Annotated[str, typer.Option(
+    "--gradient", help="auto | graph | fd (guided Grad-CAM needs graph).")])
 def cam(
-    model: str = typer.Argument(..., help="ONNX model file."),
-    images: list[str] = _IMAGES_ARG,
-    output: Path = _OUT_OPT,
-    unit: Optional[str] = _UNIT_OPT,
-    method: str = typer.Option("gradcam", "--method", "-m",
-                               help="gradcam | gradcam++ | layercam | scorecam (also guided-gradcam); "
-                                    "comma-separate several to compare."),
-    layer: Optional[str] = typer.Option(None, "--layer", "-l",
-                                        help=f"Feature map: {_LAYER_HELP} (default: the last spatial map "
-                                             "before global pooling / flatten)."),
-    save_npy: Optional[Path] = _NPY_OPT,
-    top_n: Optional[int] = typer.Option(None, "--top-n", help="Score-CAM: use only the N channels of largest variance."),
-    metrics: bool = _METRICS_OPT,
-    sanity: bool = _SANITY_OPT,
-    seed: int = typer.Option(0, "--seed", help="Seed of the metrics' tie-breaking."),
-    cmap: str = _CMAP_OPT,
-    alpha: float = _ALPHA_OPT,
-    gradient: str = typer.Option("auto", "--gradient", help="auto | graph | fd (guided Grad-CAM needs graph)."),
-    providers: str = _PROVIDERS_OPT,
-    batch_size: Optional[int] = _BATCH_OPT,
-    input_range: Optional[str] = _INPUT_RANGE_OPT,
-    input_shape: Optional[str] = _INPUT_SHAPE_OPT,
-    class_names: Optional[str] = _CLASS_NAMES_OPT,
+    method: Annotated[str, typer.Option("--method", "-m", help="gradcam | gradcam++ | layercam | scorecam (also "
+                                        "guided-gradcam); comma-separate several to compare.")] = "gradcam",
+    layer: Annotated[str | None, typer.Option("--layer", "-l", help=f"Feature map: {_LAYER_HELP} (default: the last "
+                                              "spatial map before global pooling / flatten).")] = None,
+    save_npy: SaveMaps = None,
+    top_n: Annotated[int | None, typer.Option("--top-n", help="Score-CAM: use only the N channels of largest "
+                                                              "variance.")] = None,
+    *, common: dict[str, Any],
 ) -> None:
     """Class activation maps (Grad-CAM, Grad-CAM++, LayerCAM, Score-CAM) on a feature map."""
-    _attribution_command("cam", model, images, method, output, save_npy, unit, metrics, sanity, input_shape,
-                         input_range, providers, batch_size, gradient, seed, cmap, alpha,
-                         layer=layer, top_n=top_n, class_names=class_names)
+    _attribution_command("cam", method, save_npy, common, layer=layer, top_n=top_n)
 
 
 @command()
+@_attribution_options(seed="Seed of the metrics' tie-breaking.", gradient=None)
 def occlusion(
-    model: str = typer.Argument(..., help="ONNX model file."),
-    images: list[str] = _IMAGES_ARG,
-    output: Path = _OUT_OPT,
-    unit: Optional[str] = _UNIT_OPT,
-    save_npy: Optional[Path] = _NPY_OPT,
-    window: Optional[int] = typer.Option(None, "--window", help="Occluding square's side in pixels (default: ~1/7 of the image)."),
-    stride: Optional[int] = typer.Option(None, "--stride", help="Step between windows (default: half the window)."),
-    fill: str = typer.Option("black", "--fill", help="black | white | zero | mean | a number (model units)."),
-    score: str = typer.Option("logit", "--score", help="logit | probability of the unit."),
-    metrics: bool = _METRICS_OPT,
-    sanity: bool = _SANITY_OPT,
-    seed: int = typer.Option(0, "--seed", help="Seed of the metrics' tie-breaking."),
-    cmap: str = _CMAP_OPT,
-    alpha: float = _ALPHA_OPT,
-    providers: str = _PROVIDERS_OPT,
-    batch_size: Optional[int] = _BATCH_OPT,
-    input_range: Optional[str] = _INPUT_RANGE_OPT,
-    input_shape: Optional[str] = _INPUT_SHAPE_OPT,
-    class_names: Optional[str] = _CLASS_NAMES_OPT,
+    save_npy: SaveMaps = None,
+    window: Annotated[int | None, typer.Option("--window", help="Occluding square's side in pixels (default: ~1/7 of "
+                                                                "the image).")] = None,
+    stride: Annotated[int | None, typer.Option("--stride", help="Step between windows (default: half the window).")] = None,
+    fill: Annotated[str, typer.Option("--fill", help="black | white | zero | mean | a number (model units).")] = "black",
+    score: Annotated[str, typer.Option("--score", help="logit | probability of the unit.")] = "logit",
+    *, common: dict[str, Any],
 ) -> None:
     """Occlusion sensitivity: the drop of the class score when a sliding window is covered."""
     fill_value: Any = fill
@@ -816,9 +817,8 @@ def occlusion(
         fill_value = float(fill)
     except ValueError:
         pass
-    _attribution_command("occlusion", model, images, "occlusion", output, save_npy, unit, metrics, sanity,
-                         input_shape, input_range, providers, batch_size, "auto", seed, cmap, alpha,
-                         window=window, stride=stride, fill=fill_value, score=score, class_names=class_names)
+    _attribution_command("occlusion", "occlusion", save_npy, common, window=window, stride=stride, fill=fill_value,
+                         score=score)
 
 
 def demo(out: Path | None = None, console: Any = None) -> dict[str, Any]:
@@ -905,7 +905,7 @@ def _stack_pictures(pictures: list) -> Any:
 
 @command("demo")
 def demo_command(
-    out: Path = typer.Option(Path("onnxviz-demo"), "--out", help="Folder to write results into."),
+    out: Annotated[Path, typer.Option("--out", help="Folder to write results into.")] = Path("onnxviz-demo"),
 ) -> None:
     """Visualize the shipped MNIST model: class images, first-layer filters, a GIF."""
     demo(out)
@@ -920,19 +920,21 @@ def _command_text(*args: Any) -> str:
 
 @command()
 def report(
-    model: str = typer.Argument(..., help="ONNX model file."),
-    output: Path = typer.Option(..., "-o", "--output", help="Where to write the HTML page."),
-    layers: str = typer.Option("auto", "--layers", help="Comma-separated layers to visualize, or auto."),
-    units_per_layer: int = typer.Option(8, "--units-per-layer", help="Channels shown per layer."),
-    classes: int = typer.Option(10, "--classes", help="Class pictures shown at most (spread over the classes)."),
-    images: Optional[list[str]] = typer.Option(None, "--images", help="Images to explain (PNG/JPEG/NPY); repeatable."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Optimization steps (default: by input kind)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed."),
-    providers: str = _PROVIDERS_OPT,
-    as_json: bool = typer.Option(False, "--json", help="Print the report record as JSON."),
-    class_names: Optional[str] = _CLASS_NAMES_OPT,
-    prior: str = typer.Option("auto", "--prior",
-                              help="Image prior for the class pictures: a .npz, auto (MODEL.prior.npz) or none."),
+    model: ModelFile,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the HTML page.")],
+    layers: Annotated[str, typer.Option("--layers", help="Comma-separated layers to visualize, or auto.")] = "auto",
+    units_per_layer: Annotated[int, typer.Option("--units-per-layer", help="Channels shown per layer.")] = 8,
+    classes: Annotated[int, typer.Option("--classes", help="Class pictures shown at most (spread over the "
+                                                           "classes).")] = 10,
+    images: Annotated[list[str] | None, typer.Option("--images", help="Images to explain (PNG/JPEG/NPY); "
+                                                     "repeatable.")] = None,
+    steps: Steps = None,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    providers: Providers = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report record as JSON.")] = False,
+    class_names: ClassNames = None,
+    prior: Annotated[str, typer.Option("--prior", help="Image prior for the class pictures: a .npz, auto "
+                                                       "(MODEL.prior.npz) or none.")] = "auto",
 ) -> None:
     """One self-contained HTML page: summary, layers, channel and class visualizations, attribution."""
     import warnings
@@ -954,17 +956,9 @@ def report(
         options["class_names"] = class_names
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FallbackWarning)  # the page itself says when fd is used
-        if as_json or not sys.stderr.isatty():
-            record = write_report(model, output, **options)
-        else:
-            from rich.console import Console
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-            with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                          console=Console(stderr=True), transient=True) as bar:
-                task = bar.add_task("report", total=None)
-                record = write_report(model, output, **options, progress=lambda what, done, total: bar.update(
-                    task, description=f"report: {what}", completed=done, total=total))
+        with _progress("report", quiet=as_json) as update:
+            record = write_report(model, output, **options, progress=None if update is None else (
+                lambda what, done, total: update(description=f"report: {what}", completed=done, total=total)))
     if as_json:
         from dataclasses import asdict
 
