@@ -21,6 +21,13 @@ METHODS = ("auto", "graph", "fd")
 FD_EXACT_LIMIT = 4096
 
 
+def check_method(method: str) -> str:
+    """``method`` if it is one of :data:`METHODS`; else one clear :class:`OnnxvizError`."""
+    if method not in METHODS:
+        raise OnnxvizError(f"unknown gradient method '{method}' (choose: auto, graph, fd)")
+    return method
+
+
 class FallbackWarning(UserWarning):
     """Raised (as a warning) once when gradient="auto" falls back to finite differences."""
 
@@ -65,8 +72,7 @@ class GradientFunction:
         from .graph import check_one_input
         from .runtime import make_session
 
-        if method not in METHODS:
-            raise OnnxvizError(f"unknown gradient method '{method}' (choose: auto, graph, fd)")
+        check_method(method)
         prepared, target = prepare(model, of)
         inputs = [i.name for i in prepared.graph.input
                   if i.name not in {t.name for t in prepared.graph.initializer}]

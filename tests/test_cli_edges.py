@@ -224,6 +224,9 @@ def test_bad_values_are_refused(corpus, tmp_path):
     assert_user_error(invoke("maximize", corpus["model"], "--steps", "2", "-o", out, "--lr", "inf"), "learning rate")
     for option in ("--window", "--stride"):  # 0 is not "the default"
         assert_user_error(invoke("occlusion", corpus["model"], image, "-o", out, option, "0"), "window and stride")
+    for command in ("saliency", "cam"):  # cam once ignored an unknown method
+        assert_user_error(invoke(command, corpus["model"], image, "-o", out, "--gradient", "nope"),
+                          "unknown gradient method 'nope'")
     assert files_in(tmp_path) == ["bomb.png"]
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from ..errors import OnnxvizError, ShapeError
-from ..gradients import GradientFunction
+from ..gradients import GradientFunction, check_method
 from ..graph import check_class_names, check_one_input, load_model, tensor_shape
 from ..graph import class_names as metadata_names
 from ..images import ModelInput, model_input
@@ -112,7 +112,7 @@ class Attributor:
         if shape is not None and len(shape) != 2:
             raise ShapeError(f"output {self.output!r} has shape {tuple(shape)}: attribution explains a "
                              "class score, so it needs an (N, classes) output")
-        self.gradient = gradient
+        self.gradient = check_method(gradient)
         self.providers = providers
         self._batch_size = batch_size
         self._sessions: dict[Any, Any] = {}
