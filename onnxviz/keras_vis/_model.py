@@ -27,7 +27,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
-import re
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -36,7 +35,7 @@ import numpy as np
 import onnx
 
 from ..errors import LayerNotFoundError, OnnxvizError
-from ..graph import find_layer, layer_table, load_model, tensor_shape
+from ..graph import layer_table, load_model, model_layers, tensor_shape
 from ..images import model_input
 from ..ops import CONV_POOL_OPS
 from ..runtime import make_session
@@ -68,7 +67,6 @@ _OP_ACTIVATIONS = {"Softmax": "softmax", "Sigmoid": "sigmoid", "LogSoftmax": "lo
                    "HardSigmoid": "hard_sigmoid", "Gelu": "gelu"}
 #: Activations ``apply_modifications`` can replace by ``linear`` on an ONNX model (``to_logits``).
 _STRIPPABLE = ("softmax", "sigmoid", "log_softmax")
-_UNIQ = re.compile(r"_\d+$")
 
 
 def activation_name(fn: Any) -> str:
@@ -129,65 +127,13 @@ class KerasVisModel:
     def _listing(self) -> list[tuple[str, str | None, tuple[int, ...]]]:
         """(layer name, output tensor, node indices) per layer, in graph order (see the module doc)."""
         if "listing" not in self._cache:
-            try:
-                from ..graph import model_layers
-            except ImportError:  # an onnxviz without the framework-level listing
-                model_layers = None
-            if model_layers is not None:
-                rows = [(r.name, r.output, tuple(r.nodes)) for r in model_layers(self.onnx_model) if r.kind == "layer"]
-            else:
-                rows = [(name, self._tensor_of(name, members), tuple(members))
-                        for name, members in self._scope_groups().items()]
+            rows = [(r.name, r.output, tuple(r.nodes)) for r in model_layers(self.onnx_model) if r.kind == "layer"]
             self._cache["listing"] = rows
         return self._cache["listing"]
 
     def _groups(self) -> dict[str, list[int]]:
         """layer name -> indices of its nodes."""
         return {name: list(members) for name, _, members in self._listing()}
-
-    def _scope_groups(self) -> dict[str, list[int]]:
-        """The fallback grouping: layer name -> indices of its nodes, by the nodes' name scopes."""
-        model = self.onnx_model
-        nodes = model.graph.node
-        scopes = [[s for s in n.name.split("/") if s][:-1] for n in nodes]
-        torch = "pytorch" in model.producer_name.lower() or model.producer_name.lower().startswith("torch")
-        firsts = {s[0] for s in scopes if s}
-        model_scope = None
-        if not torch and len(firsts) == 1:
-            first = next(iter(firsts))
-            if _UNIQ.search(first) and sum(1 for s in scopes if len(s) >= 2) >= max(1, sum(1 for s in scopes if s) // 2):
-                model_scope = first  # tf2onnx's own naming: every scope starts with the uniquified model
-        groups: dict[str, list[int]] = {}
-        if not firsts:  # no node is scoped (a hand-built graph): every node is a layer
-            for i, node in enumerate(nodes):
-                groups.setdefault(node.name or node.output[0], []).append(i)
-            return groups
-        for i, scope in enumerate(scopes):
-            if model_scope is not None:
-                scope = [_UNIQ.sub("", s) for s in scope[1:]] if scope and scope[0] == model_scope else []
-            if not scope:
-                continue
-            if torch:
-                module = ""
-                for seg in scope:
-                    module = seg if (not module or seg.startswith(module + ".")) else f"{module}.{seg}"
-                key = module
-            else:
-                key = scope[0]
-            groups.setdefault(key, []).append(i)
-        return groups
-
-    def _tensor_of(self, name: str, members: Sequence[int]) -> str | None:
-        """The layer's output tensor: ``find_layer(name)`` when it lands on one of the layer's own
-        nodes, else the first output of its last node."""
-        nodes = self.onnx_model.graph.node
-        try:
-            found = find_layer(self.onnx_model, name)
-        except OnnxvizError:
-            found = None
-        if found is not None and (not members or found.index in members):
-            return found.output
-        return nodes[members[-1]].output[0] if members else None
 
     def _shapes(self) -> dict[str, tuple]:
         out: dict[str, tuple] = {}
