@@ -103,7 +103,7 @@ command = app.command
 
 def _version_callback(value: bool) -> None:
     if value:
-        from . import __version__
+        from .version import __version__
 
         typer.echo(f"onnxviz {__version__}")
         raise typer.Exit()

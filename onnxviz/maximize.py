@@ -1,9 +1,9 @@
 """Activation maximization: find input images that drive chosen units of a trained network.
 
-One job is a pure function — ``maximize(model, layer, units, settings..., seed) -> MaximizeResult`` —
-with no global state (DESIGN principle 9): the same seed gives the same images, and each image draws
-its randomness from its own generator (``seed``, unit), so a unit's image does not depend on the other
-units of the job or on how they are split into batches.
+One job is a pure function — ``maximize(model, layer, units, settings..., seed) -> MaximizeResult``
+— with no global state (DESIGN principle 9): the same seed gives the same images, and each image
+draws its randomness from its own generator (``seed``, unit), so a unit's image does not depend on
+the other units of the job or on how they are split into batches.
 
 A step, for a batch of images (one per unit, or a group per diversity objective):
 
@@ -11,8 +11,9 @@ A step, for a batch of images (one per unit, or a group per diversity objective)
         --ONE onnxruntime run of the gradient model (objective compiled to a constant cotangent)-->
     input gradient --adjoint of warp--> minus regularizer gradients --param VJP--> Adam ascent
 
-Defaults per input kind (see :func:`default_settings`, and the README section "Activation
-maximization defaults") come from the anchors keras-vis, tf-keras-vis and lucid.
+This module holds the loop (:class:`Maximizer`, ``_Step``) and the entry points; the recipes are in
+:mod:`onnxviz.presets`, unit parsing in :mod:`onnxviz.units`, the optimizer in
+:mod:`onnxviz.optimizer`, the result types in :mod:`onnxviz.results` (all re-exported here).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass, replace
+import warnings
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -28,209 +30,30 @@ import numpy as np
 import onnx
 
 from .errors import OnnxvizError
-from .ops import ACTIVATIONS
-from .objectives import BoundLayer, LayerRef, LinearObjective, Objective, bind_layer, diversity, unit
+from .gradients import GradientFunction
+from .graph import check_class_names, conv_layers, load_model
+from .graphview import value_types
+from .images import model_input
+from .objectives import (BoundLayer, LayerRef, LinearObjective, Objective, layer_ref, bind_layer, diversity,
+                         resolve_layer, unit)
+from .optimizer import Adam
 from .params import ImageParam, image_param
+from .presets import (ACCENTUATE_TO, ACCENTUATE_WEIGHT, CLASS_OBJECTIVES, PRIOR_LR, Settings,  # noqa: F401
+                      default_settings, prior_settings)
 from .priors import GaussianPrior, PixelOffsetParam, Prior, resolve_prior
-from .regularizers import LpNorm, Regularizer, TotalVariation
-from .transforms import Jitter, Pad, Pipeline, Rotate, Scale, Transform
+from .regularizers import Regularizer
+from .results import MaximizeResult, StepInfo
+from .transforms import Pipeline, Transform
+from .units import MAX_UNITS, parse_units  # noqa: F401
+from .version import __version__
 
 __all__ = [
     "maximize", "Maximizer", "MaximizeResult", "StepInfo", "Settings", "default_settings", "parse_units",
     "Adam", "first_conv_layer",
 ]
 
-#: What a unit of a softmax layer means: ``logit`` maximizes the bare logit z_k (keras-vis' "swap
-#: softmax for linear"), ``log_softmax`` log p_k computed from the logits. Defaults by input kind.
-CLASS_OBJECTIVES = ("log_softmax", "logit")
-#: Adam's step in a Gaussian prior's whitened coefficients (units of the samples' standard deviations):
-#: at 0.1 the images of shapes_cnn's blue classes barely leave the mean in 512 steps; at 0.5 every
-#: class gets there, MNIST's digits stay as clean, and a randomized model's images stay shapeless.
-PRIOR_LR = 0.5
-#: Feature accentuation of a class stops pushing once its probability reaches this (in the
-#: transformed views); its distance weight is lower than visualization's and its transforms lighter
-#: (pad and jitter only): the start image is real, so it needs less help to stay natural.
-ACCENTUATE_TO = 0.98
-ACCENTUATE_WEIGHT = 0.05
 #: Memory a batch of activations may take when ``batch_size`` is automatic.
 AUTO_BATCH_BYTES = 1 << 30
-
-
-# ----------------------------------------------------------------------------------- settings
-@dataclass(frozen=True)
-class Settings:
-    """Everything that shapes the optimization besides the objective and the seed."""
-
-    steps: int
-    lr: float
-    param: str  # pixel | pixel-clip | fft | fft-clip
-    transforms: tuple[Transform, ...]
-    regularizers: tuple[Regularizer, ...]
-    mode: str = "constant"  # what lies outside the image for the transforms
-    fill: float = 0.0  # the constant outside (unit range)
-    decay: float = 1.0  # Fourier spectrum decay
-    init_std: float | None = None
-    #: regularizer weights relative to each image's objective gradient (see ``_Step``)
-    relative_regularizers: bool = True
-    #: what a unit of a softmax layer means: see CLASS_OBJECTIVES
-    class_objective: str = "logit"
-    preset: str = "custom"
-    #: weight of the parameterization's own penalty (a prior's ``mean(z**2)``), relative like the regularizers
-    prior_weight: float = 1.0
-    #: an objective value past which an image's objective gradient stops (feature accentuation: the
-    #: image changes only until the unit is there, then the distance penalty alone acts)
-    objective_ceiling: float | None = None
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "preset": self.preset, "steps": self.steps, "lr": self.lr, "param": self.param,
-            "decay": self.decay, "init_std": self.init_std,
-            "transforms": [t.describe() for t in self.transforms], "mode": self.mode, "fill": self.fill,
-            "regularizers": [r.describe() for r in self.regularizers],
-            "relative_regularizers": self.relative_regularizers, "class_objective": self.class_objective,
-            "prior_weight": self.prior_weight, "objective_ceiling": self.objective_ceiling,
-        }
-
-
-def default_settings(channels: int, h: int, w: int) -> Settings:
-    """Settings that work without tuning, by input kind.
-
-    Small images (longest side < 64 px, e.g. 28x28 MNIST-like grayscale): pixel parameterization
-    through a sigmoid, Adam lr 0.1 for 128 steps; each step the image is shifted by up to 2 px
-    (pad 2 + jitter 4 + center crop: lucid's pad/jitter, scaled down from 224 px), zoomed 0.9-1.1
-    and rotated by up to 8 degrees (lucid's ranges), outside the image is black (fill 0: the
-    background of MNIST-like data, where lucid's gray 0.5 would draw a frame); total variation
-    (weight 0.2) and an L1 pull toward black (weight 0.05) — keras-vis / tf-keras-vis' TV + Lp
-    pair (tf-keras-vis: TV 1, L1 0.3 on its own scale). The Fourier basis buys little at 28x28 and
-    the sigmoid keeps pixels in range without clipping artefacts. Class units are bare logits.
-
-    Larger RGB images (3 channels, 64 px and up): lucid's recipe — Fourier parameterization with
-    1/f scaling, decorrelated colour, sigmoid, Adam lr 0.05, 512 steps; pad 12, jitter 8, scale
-    0.9-1.1, rotate 10 degrees, jitter 4, scaled by (side / 224), gray fill 0.5; no explicit
-    regularizer (the basis and the transforms do the regularizing, as in lucid). lucid tuned this at
-    224 px; below 160 px two numbers change, measured on the 64 px shapes_cnn (models/train_shapes.py):
-    the spectrum decays as 1/f**2 (with 1/f the optimization stays in high-frequency edge patterns
-    and the circle classes barely move in 512 steps) and Adam lr 0.1 (lr 0.05 or 0.15 leaves a class
-    below p = 0.9 on some seeds: 0.08, 0.81), keeping lucid's 512 steps (at 384 the hardest class,
-    green circle, ended at p = 0.885-0.893 on 2 of 6 seeds; at 512 every class of 10 seeds reaches
-    p >= 0.93). Class units are log-softmax (see :func:`maximize`): bare logits fail there.
-
-    Larger grayscale images (1 channel, or any count but 3; 64 px and up): the RGB recipe saturates
-    them into black-and-white blobs (94-95% of the pixels within 2% of the range's ends on the 64 px,
-    7-class tests/gray_shapes.py model, seeds 0-2), because nothing stops the image: Adam's step does
-    not shrink with the gradient, so once p_k ~ 1 the log-softmax keeps pushing at full speed until
-    the gradient vanishes in float32, and the 1/f**2 spectrum gives low frequencies huge steps. The
-    "gray" preset keeps lucid's Fourier basis and transforms, gray fill 0.5 and log-softmax (no
-    colour decorrelation: there is no colour), with a gentler 1/f**1.5 spectrum and Adam lr 0.02 for
-    256 steps (the images settle well before); the lr is scaled by sqrt(64 / side) so that a
-    low-frequency coefficient moves the image by the same amount at any size (its pixel step grows
-    as side**(decay - 1)). Measured on that model, seeds 0-4: at most 1% saturated pixels in any
-    image (0.0-0.2% on average), p_k = 1.000 for every class, images spread over the range (std
-    0.22-0.24 of it); behind a 2x2 / 4x4 average pool (128 / 256 px) 0.2% on average, at most 1.3%.
-    The small preset's TV + L1 pair instead (weights scaled by side / 28) avoided saturation too but
-    left images at 4-6% contrast (std); 1/f kept them in range but as pixel noise, 1/f**1.75 and
-    1/f**2 saturated 15-95%.
-    """
-    side = max(h, w)
-    if side < 64:
-        return Settings(
-            steps=128, lr=0.1, param="pixel",
-            transforms=(Pad(2), Jitter(4), Scale(0.9, 1.1), Rotate(8.0)),
-            regularizers=(TotalVariation(0.1), LpNorm(0.05, p=1.0, center=0.0)),
-            mode="constant", fill=0.0, class_objective="logit", preset="small",
-        )
-    k = side / 224.0
-    px = lambda n: max(1, int(round(n * k)))  # noqa: E731
-    if channels != 3:
-        return Settings(
-            steps=256, lr=0.02 * math.sqrt(64.0 / side), param="fft", decay=1.5,
-            transforms=(Pad(px(12)), Jitter(px(8)), Scale(0.9, 1.1), Rotate(10.0), Jitter(px(4))),
-            regularizers=(), mode="constant", fill=0.5, class_objective="log_softmax", preset="gray",
-        )
-    below = side < 160  # the regime measured here (64 px); lucid's own numbers where lucid measured (224 px)
-    return Settings(
-        steps=512, lr=0.1 if below else 0.05, param="fft", decay=2.0 if below else 1.0,
-        transforms=(Pad(px(12)), Jitter(px(8)), Scale(0.9, 1.1), Rotate(10.0), Jitter(px(4))),
-        regularizers=(), mode="constant", fill=0.5, class_objective="log_softmax", preset="large",
-    )
-
-
-# ----------------------------------------------------------------------------------- units
-#: The most units one job may name (a typo like ``0-99999999999`` must fail, not fill the memory).
-MAX_UNITS = 100_000
-
-
-def _check_unit_bounds(lo: int, hi: int, count: int | None, before: int) -> None:
-    """Refuse a unit range outside the layer or longer than :data:`MAX_UNITS` before building it."""
-    if count is not None:
-        for v in (lo, hi):
-            if not -count <= v < count:
-                raise OnnxvizError(f"unit {v} out of range: the layer has {count} units (0..{count - 1})")
-    if before + hi - lo + 1 > MAX_UNITS:
-        raise OnnxvizError(f"too many units ({before + hi - lo + 1:,}): at most {MAX_UNITS:,} per job")
-
-
-def parse_units(spec: Any, count: int | None = None) -> list[int]:
-    """Units from an int, a sequence, or text: ``"3"``, ``"0-9"``, ``"1,4,7-9"``, ``"all"``
-    (needs ``count``). Negative indices count from the end when ``count`` is known."""
-    if spec is None or (isinstance(spec, str) and spec.strip().lower() == "all"):
-        if count is None:
-            raise OnnxvizError("'all' units needs a layer of known size")
-        return list(range(count))
-    if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
-        values = [int(spec)]
-    elif isinstance(spec, str):
-        values = []
-        for part in spec.replace(" ", "").split(","):
-            if not part:
-                continue
-            try:
-                if "-" in part[1:]:
-                    cut = part.index("-", 1)
-                    lo, hi = int(part[:cut]), int(part[cut + 1:])
-                    if hi < lo:
-                        raise OnnxvizError(f"bad unit range {part!r}: end before start")
-                    _check_unit_bounds(lo, hi, count, len(values))
-                    values.extend(range(lo, hi + 1))
-                else:
-                    values.append(int(part))
-            except ValueError:
-                raise OnnxvizError(f"bad units {spec!r}: expected e.g. 3, 0-9, 1,4,7-9 or all") from None
-        if not values:
-            raise OnnxvizError(f"bad units {spec!r}: no unit given")
-    else:
-        try:
-            values = [int(v) for v in spec]
-        except (TypeError, ValueError):
-            raise OnnxvizError(f"bad units {spec!r}") from None
-    if count is not None:
-        for v in values:
-            if not -count <= v < count:
-                raise OnnxvizError(f"unit {v} out of range: the layer has {count} units (0..{count - 1})")
-        values = [v % count for v in values]
-    return values
-
-
-# ----------------------------------------------------------------------------------- optimizer
-class Adam:
-    """Adam (Kingma & Ba 2015; defaults b1 0.9, b2 0.999, eps 1e-8), as ascent on ``params``."""
-
-    def __init__(self, lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
-        self.lr, self.b1, self.b2, self.eps = float(lr), b1, b2, eps
-        self.m: np.ndarray | None = None
-        self.v: np.ndarray | None = None
-        self.t = 0
-
-    def ascend(self, params: np.ndarray, grad: np.ndarray) -> None:
-        if self.m is None:
-            self.m, self.v = np.zeros_like(params), np.zeros_like(params)
-        self.t += 1
-        self.m *= self.b1
-        self.m += (1 - self.b1) * grad
-        self.v *= self.b2
-        self.v += (1 - self.b2) * grad * grad
-        step = self.lr * math.sqrt(1 - self.b2 ** self.t) / (1 - self.b1 ** self.t)
-        params += step * self.m / (np.sqrt(self.v) + self.eps)
 
 
 # ----------------------------------------------------------------------------------- input
@@ -287,74 +110,129 @@ class _Input:
 def _image_input(model: onnx.ModelProto, input_name: str | None, input_range: Sequence[float] | None,
                  input_shape: Sequence[int] | None) -> _Input:
     """The model's image input (see :func:`onnxviz.images.model_input`), flat square inputs too."""
-    from .images import model_input
-
     spec = model_input(model, input_name, input_shape, input_range, allow_flat=True)
     return _Input(spec.name, spec.layout, spec.shape, spec.channels, spec.height, spec.width, spec.value_range,
                   spec.batch)
 
 
-# ----------------------------------------------------------------------------------- results
+# ----------------------------------------------------------------------------------- a job's plan
 @dataclass
-class StepInfo:
-    """What a callback receives after each step."""
+class _Plan:
+    """What a job optimizes: one objective per image group, the layers they read, and each image's
+    random-stream key and label."""
 
-    step: int  # 1-based
-    steps: int
-    chunk: int  # 0-based chunk (batch) index
-    chunks: int
-    images: slice  # which result images this chunk optimizes
-    values: np.ndarray  # objective value per image of the chunk at this step
-    elapsed: float  # seconds since the job started
+    objectives: list[Objective]
+    unit_list: list[int] | None  # the units, when the job maximizes units of one layer
+    ref: LayerRef  # the layer named by ``layer`` (read as log-softmax where the settings say so)
+    refs: list[LayerRef]  # every layer the objectives read
+    bound: dict[LayerRef, BoundLayer]
+    sizes: list[int]  # images per group
+    keys: list[tuple[int, ...]]  # per image, see _image_keys
+    labels: list[str]  # per image
+
+    def __post_init__(self):
+        self.n = sum(self.sizes)
+        self.starts = np.cumsum([0] + self.sizes)
+
+    def span(self, groups: Sequence[int]) -> tuple[int, int, list[tuple[Objective, slice]]]:
+        """The images ``lo:hi`` of consecutive ``groups``, and each group's objective with its slice of them."""
+        lo, hi = int(self.starts[groups[0]]), int(self.starts[groups[-1] + 1])
+        members = [(self.objectives[g], slice(int(self.starts[g]) - lo, int(self.starts[g + 1]) - lo)) for g in groups]
+        return lo, hi, members
+
+
+def _image_keys(sizes: Sequence[int], unit_list: Sequence[int] | None) -> list[tuple[int, ...]]:
+    """Each image's random-stream key: (unit, repeat of the unit, image in group) for units, the
+    position for objectives — so a unit gets the same image alone, in a batch, or in another job
+    (DESIGN principle 9)."""
+    keys: list[tuple[int, ...]] = []
+    seen_units: dict[int, int] = {}
+    for gi, size in enumerate(sizes):
+        if unit_list is not None:
+            u = unit_list[gi]
+            rep = seen_units[u] = seen_units.get(u, -1) + 1
+            keys.extend((1, u, rep, j) for j in range(size))
+        else:
+            keys.extend((0, len(keys) + j) for j in range(size))
+    return keys
 
 
 @dataclass
-class MaximizeResult:
-    """Images (model layout and range), their objective record, and the settings that made them."""
+class _Trace:
+    """What optimizing a set of images leaves, per image (unit range, (C, H, W) images)."""
 
-    images: np.ndarray  # (n, *input shape without batch), final images
-    values: np.ndarray  # (n,) objective of the final images, shown untransformed
-    history: np.ndarray  # (steps, n) objective per step, as optimized (randomly transformed)
-    best_images: np.ndarray  # (n, ...) best-so-far image per unit (keras-vis) by history value
+    history: np.ndarray  # (steps, n) objective per step, as optimized
+    final: np.ndarray  # (n, C, H, W)
+    best: np.ndarray  # (n, C, H, W) best-so-far by history value
     best_values: np.ndarray  # (n,)
-    best_steps: np.ndarray  # (n,) 0-based step of the best image
-    labels: list[str]
-    objectives: list[str]  # description of each image's objective
-    frames: np.ndarray | None  # (frames, n, ...) snapshots when record_every > 0
-    frame_steps: list[int]
-    layout: str
-    value_range: tuple[float, float]
-    settings: dict[str, Any]
-    seconds: float = 0.0
-    #: (n, H, W) in [0, 1]: where each image's objective gradient accumulated over the steps (MACO's
-    #: transparency map: where the feature lives); only for Fourier-prior (phase) runs
-    transparency: np.ndarray | None = None
+    best_steps: np.ndarray  # (n,) 0-based
+    rescued: np.ndarray  # (n,) steps that used the rescue gradient
+    frames: np.ndarray | None  # (frames, n, C, H, W) when recording
+    alpha: np.ndarray | None  # (n, H, W) accumulated |objective gradient| when mapping transparency
+    frame_steps: list[int] = field(default_factory=list)  # the step of each frame
 
-    @property
-    def units(self) -> list[Any]:
-        return list(self.settings.get("units") or [])
+    @classmethod
+    def empty(cls, steps: int, n: int, c: int, h: int, w: int, frame_steps: list[int],
+              transparency: bool) -> "_Trace":
+        """Room for ``n`` images optimized for ``steps`` steps, snapshots at ``frame_steps``."""
+        final = np.zeros((n, c, h, w))
+        return cls(np.zeros((steps, n)), final, np.zeros_like(final), np.full(n, -np.inf), np.zeros(n, np.int64),
+                   np.zeros(n, np.int64), np.zeros((len(frame_steps), n, c, h, w)) if frame_steps else None,
+                   np.zeros((n, h, w)) if transparency else None, frame_steps)
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary (no image data)."""
-        return {"labels": self.labels, "objectives": self.objectives, "values": self.values.tolist(),
-                "best_values": self.best_values.tolist(), "best_steps": self.best_steps.tolist(),
-                "final_history": self.history[-1].tolist() if len(self.history) else [],
-                "shape": list(self.images.shape), "layout": self.layout, "value_range": list(self.value_range),
-                "seconds": self.seconds, "settings": self.settings}
+    def put(self, lo: int, hi: int, part: "_Trace") -> None:
+        """Write a chunk's trace into images ``lo:hi``."""
+        self.history[:, lo:hi] = part.history
+        self.final[lo:hi] = part.final
+        if self.alpha is not None:
+            self.alpha[lo:hi] = part.alpha
+        self.best[lo:hi] = part.best
+        self.best_values[lo:hi] = part.best_values
+        self.best_steps[lo:hi] = part.best_steps
+        self.rescued[lo:hi] = part.rescued
+        if self.frames is not None:
+            self.frames[:, lo:hi] = part.frames
+
+
+def _frame_steps(steps: int, record_every: int) -> list[int]:
+    """The steps a recording snapshots: every ``record_every``-th, and ``steps`` (the final image); none
+    when ``record_every`` is 0."""
+    frame_steps = [s for s in range(steps) if record_every and s % record_every == 0]
+    if record_every:
+        frame_steps.append(steps)
+    return frame_steps
+
+
+def _maps_transparency(prm: ImageParam) -> bool:
+    """Whether a job with ``prm`` accumulates MACO's transparency map: a parameterization asks for
+    it with ``transparency = True`` (a Fourier prior's phase parameterization does)."""
+    return bool(getattr(prm, "transparency", False))
+
+
+def _check_job(cfg: Settings, seed: Any, batch_size: int | None, images_per_unit: int) -> None:
+    """Refuse a job whose numbers cannot run, before anything is built."""
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise OnnxvizError(f"the seed must be an integer >= 0, not {seed!r}")
+    if cfg.steps < 1:
+        raise OnnxvizError("steps must be >= 1")
+    if not 0 < cfg.lr < math.inf:
+        raise OnnxvizError(f"the learning rate must be a finite number > 0, not {cfg.lr}")
+    if batch_size is not None and batch_size < 1:
+        raise OnnxvizError("batch size must be >= 1")
+    if images_per_unit < 1:
+        raise OnnxvizError("images per unit must be >= 1")
 
 
 # ----------------------------------------------------------------------------------- the engine
 class Maximizer:
     """Activation maximization on one model, keeping one gradient session per layer across jobs
-    (building a gradient graph takes ~0.5 s; a step on MNIST takes ~1 ms). Stateless between jobs
-    apart from those sessions: ``run`` is a pure function of its arguments."""
+    (building a gradient graph costs far more than a step). Stateless between jobs apart from those
+    sessions: ``run`` is a pure function of its arguments."""
 
     def __init__(self, model: onnx.ModelProto | str | bytes, *, gradient: str = "auto", providers: str = "auto",
                  input_name: str | None = None, input_range: Sequence[float] | None = None,
                  input_shape: Sequence[int] | None = None, modifier: str | None = None,
                  class_names: Any = None):
-        from .graph import check_class_names, load_model
-
         if gradient not in ("auto", "graph", "fd"):
             raise OnnxvizError(f"unknown gradient method {gradient!r} (choose: auto, graph, fd)")
         self.model = load_model(model)
@@ -385,11 +263,6 @@ class Maximizer:
         modifier = self.modifier if modifier is False else modifier
         key = (ref, modifier)
         if key not in self._functions:
-            import warnings
-
-            from .gradients import GradientFunction
-            from .objectives import resolve_layer
-
             variant, tensor, _ = resolve_layer(self.model, ref)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
@@ -415,9 +288,7 @@ class Maximizer:
 
     def layer_size(self, layer: Any = None, logits: bool = True) -> int:
         """Units (dense) or channels (feature map) of a layer."""
-        from .objectives import _ref
-
-        return self.bound(_ref(layer, logits)).channels
+        return self.bound(layer_ref(layer, logits)).channels
 
     # -- jobs ------------------------------------------------------------------------------------
     def run(self, layer: Any = None, units: Any = None, *, objective: Objective | Sequence[Objective] | None = None,
@@ -432,20 +303,43 @@ class Maximizer:
         """See :func:`maximize`."""
         started = time.perf_counter()
         inp = self.input
-        explicit_param = param is not None and not isinstance(param, str)
+        used_prior, origin = self._prior_and_start(param, prior, start)
+        cfg = self._settings(settings, used_prior, origin, steps=steps, lr=lr, param=param, transforms=transforms,
+                             regularizers=regularizers, mode=mode, fill=fill, class_objective=class_objective,
+                             prior_weight=prior_weight)
+        _check_job(cfg, seed, batch_size, images_per_unit)
+        plan = self._plan(layer, units, objective, cfg, images_per_unit, diversity_weight, logits)
+        prm = self._parameterization(param, used_prior, origin, cfg)
+        pipeline = Pipeline(cfg.transforms, mode=cfg.mode, fill=cfg.fill, out_size=(inp.h, inp.w))
+        limit, chunks = self._chunks(plan, batch_size)
+        trace = self._optimize_all(plan, chunks, prm, pipeline, cfg, seed, callbacks, record_every, started)
+        values = self._final_values(plan, chunks, trace.final)
+        record = self._record(plan, cfg, prm, used_prior, origin, trace, seed=seed, batch_size=limit,
+                              chunks=len(chunks), of_units=objective is None, images_per_unit=images_per_unit,
+                              diversity_weight=diversity_weight)
+        return self._result(plan, trace, values, record, started)
+
+    def _prior_and_start(self, param, prior, start) -> tuple[Prior | None, np.ndarray | None]:
+        """The job's prior (none when a parameterization is given) and its start image as a
+        (1, C, H, W) unit-range batch (feature accentuation), or None."""
         if param is not None and not (isinstance(prior, str) and prior.lower() in ("auto", "none")) and prior is not None:
             raise OnnxvizError("give either a parameterization (param=) or a prior, not both")
         # a parameterization (given, or named) means no prior: "auto" finds none, any other was refused above
-        used_prior: Prior | None = None if param is not None else resolve_prior(prior, self.model, self.source_path,
-                                                                                 inp)
+        used_prior = None if param is not None else resolve_prior(prior, self.model, self.source_path, self.input)
         origin = None if start is None else self.input.to_unit(start)
         if origin is not None and len(origin) != 1:
             raise OnnxvizError("feature accentuation starts from one image")
+        return used_prior, origin
+
+    def _settings(self, settings: Settings | None, used_prior: Prior | None, origin: np.ndarray | None, *,
+                  param, transforms, regularizers, **scalars) -> Settings:
+        """The job's settings: ``settings``, else the input kind's preset adapted to the prior or
+        start image; then every argument given explicitly (``scalars`` left None are not)."""
+        inp = self.input
         base = settings or default_settings(inp.channels, inp.h, inp.w)
         if settings is None and (used_prior is not None or origin is not None):
             base = prior_settings(base, used_prior, accentuate=origin is not None)
-        overrides = {k: v for k, v in dict(steps=steps, lr=lr, mode=mode, fill=fill, class_objective=class_objective,
-                                           prior_weight=prior_weight).items() if v is not None}
+        overrides = {k: v for k, v in scalars.items() if v is not None}
         if transforms is not None:
             overrides["transforms"] = tuple(transforms)
         if regularizers is not None:
@@ -454,26 +348,17 @@ class Maximizer:
             overrides["param"] = param
         if overrides:
             base = replace(base, preset=f"{base.preset}+overrides", **overrides)
-        cfg = base
-        if not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise OnnxvizError(f"the seed must be an integer >= 0, not {seed!r}")
-        if cfg.steps < 1:
-            raise OnnxvizError("steps must be >= 1")
-        if not 0 < cfg.lr < math.inf:
-            raise OnnxvizError(f"the learning rate must be a finite number > 0, not {cfg.lr}")
-        if batch_size is not None and batch_size < 1:
-            raise OnnxvizError("batch size must be >= 1")
-        if images_per_unit < 1:
-            raise OnnxvizError("images per unit must be >= 1")
+        return base
 
-        # objectives: one per image group
-        unit_list: list[int] | None = None
-        from .objectives import _ref
-
+    def _plan(self, layer, units, objective, cfg: Settings, images_per_unit: int, diversity_weight: float,
+              logits: bool) -> _Plan:
+        """The objectives (``objective``, else one per unit of ``layer``: repeated or with a
+        diversity term for several images per unit), validated on the model before any step."""
         if cfg.class_objective not in CLASS_OBJECTIVES:
             raise OnnxvizError(f"unknown class objective {cfg.class_objective!r} "
                                f"(choose: {', '.join(CLASS_OBJECTIVES)})")
-        ref = _ref(layer, logits)
+        unit_list: list[int] | None = None
+        ref = layer_ref(layer, logits)
         if objective is None and cfg.class_objective == "log_softmax" and ref.logits and \
                 self.bound(ref).stripped in ("Softmax", "LogSoftmax"):
             ref = LayerRef(ref.key, True, log_softmax=True)
@@ -496,24 +381,15 @@ class Maximizer:
             if _linear_of(o) is not None:
                 _linear_of(o).cotangents(bound)
         sizes = [o.images or 1 for o in objectives]
-        n = sum(sizes)
-        # each image's randomness (start, transforms) is its own: keyed by (unit, repeat, image in
-        # group) for units, by position for objectives — so a unit gets the same image alone, in a
-        # batch, or in another job (DESIGN principle 9)
-        keys: list[tuple[int, ...]] = []
-        seen_units: dict[int, int] = {}
-        for gi, size in enumerate(sizes):
-            if unit_list is not None:
-                u = unit_list[gi]
-                rep = seen_units[u] = seen_units.get(u, -1) + 1
-                keys.extend((1, u, rep, j) for j in range(size))
-            else:
-                keys.extend((0, len(keys) + j) for j in range(size))
-        starts = np.cumsum([0] + sizes)
-        labels = _labels(objectives, unit_list, bound, ref, sizes)
+        return _Plan(objectives, unit_list, ref, refs, bound, sizes, _image_keys(sizes, unit_list),
+                     _labels(objectives, unit_list, bound, ref, sizes))
 
-        # parameterization: given, the prior's, an offset from the start image, or by name
-        if explicit_param:
+    def _parameterization(self, param, used_prior: Prior | None, origin: np.ndarray | None,
+                          cfg: Settings) -> ImageParam:
+        """The image parameterization: ``param`` when it is one, the prior's, an offset from the
+        start image, or the one ``cfg.param`` names; it must make the model's C x H x W images."""
+        inp = self.input
+        if param is not None and not isinstance(param, str):
             prm = param
         elif used_prior is not None:
             prm = used_prior.param(origin=origin)
@@ -525,10 +401,12 @@ class Maximizer:
         if (prm.channels, prm.h, prm.w) != (inp.channels, inp.h, inp.w):
             raise OnnxvizError(f"the parameterization makes {prm.channels}x{prm.h}x{prm.w} images; the model "
                                f"takes {inp.channels}x{inp.h}x{inp.w}")
-        pipeline = Pipeline(cfg.transforms, mode=cfg.mode, fill=cfg.fill, out_size=(inp.h, inp.w))
+        return prm
 
-        # chunks of whole groups
-        limit = batch_size or self._auto_batch_size(refs)
+    def _chunks(self, plan: _Plan, batch_size: int | None) -> tuple[int, list[list[int]]]:
+        """(images per onnxruntime run, the groups of each chunk): whole groups, in order, up to the limit."""
+        inp, sizes = self.input, plan.sizes
+        limit = batch_size or self._auto_batch_size(plan.refs)
         if inp.batch is not None:  # an export with a static batch (of 1): one image per run
             if inp.batch != 1 or max(sizes) > 1:
                 raise OnnxvizError(f"the model's input has a static batch of {inp.batch}; re-export it with a "
@@ -539,81 +417,10 @@ class Maximizer:
             if chunks[-1] and sum(sizes[j] for j in chunks[-1]) + size > limit:
                 chunks.append([])
             chunks[-1].append(gi)
-
-        history = np.zeros((cfg.steps, n))
-        final = np.zeros((n, inp.channels, inp.h, inp.w))
-        best = np.zeros_like(final)
-        best_values = np.full(n, -np.inf)
-        best_steps = np.zeros(n, np.int64)
-        rescued = np.zeros(n, np.int64)
-        alpha = np.zeros((n, inp.h, inp.w)) if getattr(prm, "transparency", False) else None
-        frame_steps = [s for s in range(cfg.steps) if record_every and s % record_every == 0]
-        if record_every:
-            frame_steps.append(cfg.steps)
-        frames = np.zeros((len(frame_steps), n, inp.channels, inp.h, inp.w)) if record_every else None
-
-        for ci, groups in enumerate(chunks):
-            lo_i, hi_i = int(starts[groups[0]]), int(starts[groups[-1] + 1])
-            members = [(objectives[g], slice(int(starts[g]) - lo_i, int(starts[g + 1]) - lo_i)) for g in groups]
-            rngs = [np.random.default_rng([seed, *keys[i]]) for i in range(lo_i, hi_i)]
-            params = np.concatenate([prm.init(r, 1) for r in rngs])
-            out = self._optimize(members, bound, params, prm, pipeline, cfg, rngs, hi_i - lo_i, callbacks,
-                                 ci, len(chunks), slice(lo_i, hi_i), started, record_every)
-            history[:, lo_i:hi_i] = out["history"]
-            final[lo_i:hi_i] = out["final"]
-            if alpha is not None:
-                alpha[lo_i:hi_i] = out["alpha"]
-            best[lo_i:hi_i] = out["best"]
-            best_values[lo_i:hi_i] = out["best_values"]
-            best_steps[lo_i:hi_i] = out["best_steps"]
-            rescued[lo_i:hi_i] = out["rescued"]
-            if frames is not None:
-                frames[:, lo_i:hi_i] = out["frames"]
-
-        # the final images, shown as they are (no transform)
-        values = np.zeros(n)
-        for ci, groups in enumerate(chunks):
-            lo_i, hi_i = int(starts[groups[0]]), int(starts[groups[-1] + 1])
-            members = [(objectives[g], slice(int(starts[g]) - lo_i, int(starts[g + 1]) - lo_i)) for g in groups]
-            xm = inp.to_model(final[lo_i:hi_i])
-            acts = {r: self.function(r).forward(xm) for r in refs}
-            values[lo_i:hi_i] = _evaluate(members, acts, bound, hi_i - lo_i)[0]
-
-        record = {
-            "layer": ref.key if objective is None else None, "tensors": {str(r): bound[r].tensor for r in refs},
-            "units": unit_list, "objectives": [o.describe() for o in objectives], "images": n, "seed": seed,
-            **cfg.describe(), "param": prm.describe(), "batch_size": limit, "chunks": len(chunks),
-            "gradient": {str(r): self.function(r).method for r in refs}, "modifier": self.modifier,
-            "input": {"name": inp.name, "layout": inp.layout, "shape": list(inp.shape),
-                      "range": list(inp.value_range)},
-            "images_per_unit": images_per_unit, "diversity_weight": diversity_weight,
-            "read_as": "log_softmax" if ref.log_softmax else ("logit" if bound[ref].stripped and ref.logits
-                                                               else "activation") if objective is None else None,
-            "rescued_steps": rescued.tolist(),
-            "prior": None if used_prior is None else used_prior.describe(),
-        }
-        if origin is not None:
-            record["accentuation"] = _accentuation_record(origin, final, used_prior)
-        try:
-            from . import __version__
-
-            record["onnxviz"] = __version__
-        except ImportError:  # pragma: no cover
-            pass
-        to_model = lambda a: inp.to_model(a).reshape((len(a),) + inp.shape)  # noqa: E731
-        return MaximizeResult(
-            images=to_model(final), values=values, history=history, best_images=to_model(best),
-            best_values=best_values, best_steps=best_steps, labels=labels,
-            objectives=[o.describe() for o in objectives for _ in range(o.images or 1)],
-            frames=None if frames is None else np.stack([to_model(f) for f in frames]),
-            transparency=None if alpha is None else alpha / np.maximum(alpha.max(axis=(1, 2), keepdims=True), 1e-30),
-            frame_steps=frame_steps, layout=inp.layout, value_range=inp.value_range, settings=record,
-            seconds=time.perf_counter() - started)
+        return limit, chunks
 
     def _auto_batch_size(self, refs: Sequence[LayerRef]) -> int:
         """How many images fit in ``AUTO_BATCH_BYTES`` of activations (forward + backward)."""
-        from .graphview import value_types
-
         per_image = 0
         for r in refs:
             fn = self.function(r)
@@ -623,18 +430,34 @@ class Maximizer:
         per_image = max(per_image * 2, 4 * int(np.prod(self.input.shape)))
         return int(max(1, min(4096, AUTO_BATCH_BYTES // per_image)))
 
+    def _optimize_all(self, plan: _Plan, chunks: list[list[int]], prm: ImageParam, pipeline: Pipeline,
+                      cfg: Settings, seed: int, callbacks, record_every: int, started: float) -> _Trace:
+        """Every chunk optimized in turn, each image from its own generator ``(seed, *key)``."""
+        inp = self.input
+        transparency = _maps_transparency(prm)
+        trace = _Trace.empty(cfg.steps, plan.n, inp.channels, inp.h, inp.w, _frame_steps(cfg.steps, record_every),
+                             transparency)
+        for ci, groups in enumerate(chunks):
+            lo, hi, members = plan.span(groups)
+            rngs = [np.random.default_rng([seed, *plan.keys[i]]) for i in range(lo, hi)]
+            params = np.concatenate([prm.init(r, 1) for r in rngs])
+            part = self._optimize(members, plan.bound, params, prm, pipeline, cfg, rngs, hi - lo, callbacks,
+                                  ci, len(chunks), slice(lo, hi), started, record_every, transparency)
+            trace.put(lo, hi, part)
+        return trace
+
     def _optimize(self, members, bound, params, prm, pipeline, cfg, rngs, b, callbacks, ci, nchunks,
-                  where, started, record_every):
+                  where, started, record_every, transparency: bool = False) -> _Trace:
+        """One chunk's ``cfg.steps`` Adam steps from ``params``; warps drawn from ``rngs`` (one per image)."""
         inp = self.input
         job = _Step(self, members, bound, prm, cfg.regularizers, cfg.relative_regularizers,
-                    prior_weight=cfg.prior_weight, ceiling=cfg.objective_ceiling)
+                    prior_weight=cfg.prior_weight, ceiling=cfg.objective_ceiling, transparency=transparency)
         opt = Adam(cfg.lr)
         history = np.zeros((cfg.steps, b))
         best = np.zeros((b, inp.channels, inp.h, inp.w))
         best_values = np.full(b, -np.inf)
         best_steps = np.zeros(b, np.int64)
         frames = []
-        alpha = np.zeros((b, inp.h, inp.w)) if getattr(prm, "transparency", False) else None
         warps: list = []
         # warps are realized a few steps at a time (one vectorized pass, tables of ~2 MB: cache-sized)
         block = max(1, (1 << 21) // (64 * b * inp.h * inp.w))
@@ -646,8 +469,6 @@ class Maximizer:
                                                   min(block, cfg.steps - step))[::-1]
                 warp = warps.pop()
             values, grad, x = job(params, warp)
-            if alpha is not None:
-                alpha += np.abs(job.image_grad).sum(axis=1)
             if record_every and step % record_every == 0:
                 frames.append(x.copy())
             history[step] = values
@@ -665,13 +486,63 @@ class Maximizer:
         x = prm.forward(params)
         if record_every:
             frames.append(x.copy())
-        return {"history": history, "final": x, "best": best, "best_values": best_values,
-                "best_steps": best_steps, "rescued": job.rescued,
-                "frames": np.stack(frames, axis=0) if record_every else None, "alpha": alpha}
+        return _Trace(history, x, best, best_values, best_steps, job.rescued,
+                      np.stack(frames, axis=0) if record_every else None, job.alpha)
+
+    def _final_values(self, plan: _Plan, chunks: list[list[int]], final: np.ndarray) -> np.ndarray:
+        """The objective of the final images shown as they are (no transform)."""
+        values = np.zeros(plan.n)
+        for groups in chunks:
+            lo, hi, members = plan.span(groups)
+            xm = self.input.to_model(final[lo:hi])
+            acts = {r: self.function(r).forward(xm) for r in plan.refs}
+            values[lo:hi] = _evaluate(members, acts, plan.bound, hi - lo)[0]
+        return values
+
+    def _record(self, plan: _Plan, cfg: Settings, prm: ImageParam, used_prior: Prior | None,
+                origin: np.ndarray | None, trace: _Trace, *, seed: int, batch_size: int, chunks: int,
+                of_units: bool, images_per_unit: int, diversity_weight: float) -> dict[str, Any]:
+        """The JSON-ready ``settings`` record of a job: what was optimized, and how."""
+        inp, ref, bound, refs = self.input, plan.ref, plan.bound, plan.refs
+        record = {
+            "layer": ref.key if of_units else None, "tensors": {str(r): bound[r].tensor for r in refs},
+            "units": plan.unit_list, "objectives": [o.describe() for o in plan.objectives], "images": plan.n,
+            "seed": seed, **cfg.describe(), "param": prm.describe(), "batch_size": batch_size, "chunks": chunks,
+            "gradient": {str(r): self.function(r).method for r in refs}, "modifier": self.modifier,
+            "input": {"name": inp.name, "layout": inp.layout, "shape": list(inp.shape),
+                      "range": list(inp.value_range)},
+            "images_per_unit": images_per_unit, "diversity_weight": diversity_weight,
+            "read_as": "log_softmax" if ref.log_softmax else ("logit" if bound[ref].stripped and ref.logits
+                                                               else "activation") if of_units else None,
+            "rescued_steps": trace.rescued.tolist(),
+            "prior": None if used_prior is None else used_prior.describe(),
+        }
+        if origin is not None:
+            record["accentuation"] = _accentuation_record(origin, trace.final, used_prior)
+        try:
+
+            record["onnxviz"] = __version__
+        except ImportError:  # pragma: no cover
+            pass
+        return record
+
+    def _result(self, plan: _Plan, trace: _Trace, values: np.ndarray, record: dict[str, Any],
+                started: float) -> MaximizeResult:
+        """The job's :class:`MaximizeResult`: images back in the model's layout and range."""
+        inp, alpha = self.input, trace.alpha
+        to_model = lambda a: inp.to_model(a).reshape((len(a),) + inp.shape)  # noqa: E731
+        return MaximizeResult(
+            images=to_model(trace.final), values=values, history=trace.history, best_images=to_model(trace.best),
+            best_values=trace.best_values, best_steps=trace.best_steps, labels=plan.labels,
+            objectives=[o.describe() for o in plan.objectives for _ in range(o.images or 1)],
+            frames=None if trace.frames is None else np.stack([to_model(f) for f in trace.frames]),
+            transparency=None if alpha is None else alpha / np.maximum(alpha.max(axis=(1, 2), keepdims=True), 1e-30),
+            frame_steps=trace.frame_steps, layout=inp.layout, value_range=inp.value_range, settings=record,
+            seconds=time.perf_counter() - started)
 
     def step_gradient(self, objectives: Objective | Sequence[Objective], params: np.ndarray, param: ImageParam,
-                 warp: Any = None, regularizers: Sequence[Regularizer] = (), relative: bool = False,
-                 rescue: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                      warp: Any = None, regularizers: Sequence[Regularizer] = (), relative: bool = False,
+                      rescue: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """One step's ascent direction, exposed for checking: (objective per image, gradient w.r.t.
         ``params`` of ``sum(objective) - sum(regularizers)``) for images ``param.forward(params)``
         seen through ``warp``. With ``relative=False`` regularizer weights are absolute."""
@@ -687,6 +558,7 @@ class Maximizer:
         return values, grad
 
 
+
 class _Step:
     """What one optimization step computes for a chunk of images: the objective of the images the
     model sees and the exact gradient of ``sum(objective) - sum(regularizers)`` w.r.t. the
@@ -698,7 +570,8 @@ class _Step:
     """
 
     def __init__(self, engine: Maximizer, members, bound, prm: ImageParam, regularizers, relative: bool,
-                 rescue: bool = True, prior_weight: float = 0.0, ceiling: float | None = None):
+                 rescue: bool = True, prior_weight: float = 0.0, ceiling: float | None = None,
+                 transparency: bool = False):
         self.engine, self.members, self.bound, self.prm = engine, members, bound, prm
         self.regularizers, self.relative, self.rescue = tuple(regularizers), relative, rescue
         self.b = b = members[-1][1].stop if members else 0
@@ -720,6 +593,8 @@ class _Step:
         self.ceiling = ceiling
         self.prior_scale = np.zeros(b) if relative else np.ones(b)
         self.rescued = np.zeros(b, np.int64)
+        #: (b, H, W): |objective gradient| w.r.t. the image summed over channels and steps, when ``transparency``
+        self.alpha = np.zeros((b, engine.input.h, engine.input.w)) if transparency else None
 
     def __call__(self, params: np.ndarray, warp: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(objective per image, gradient w.r.t. params, the images in [0, 1] (B, C, H, W))."""
@@ -754,8 +629,8 @@ class _Step:
         gx = inp.from_model_grad(grad_in)
         if warp is not None:
             gx = warp.adjoint(gx)
-        if getattr(prm, "transparency", False):
-            self.image_grad = gx.copy()  # before the regularizers
+        if self.alpha is not None:  # before the regularizers
+            self.alpha += np.abs(gx).sum(axis=1)
         if self.regularizers:
             if self.relative and not self.reg_scale.all():
                 # relative weights: fixed at the first step where the image's objective gradient
@@ -828,20 +703,6 @@ def _fill_scale(scale: np.ndarray, grad: np.ndarray) -> np.ndarray:
     return np.where(scale > 0, scale, norms)
 
 
-def prior_settings(base: Settings, prior: Prior | None, accentuate: bool = False) -> Settings:
-    """The preset's settings adapted to a prior (its penalty replaces the image regularizers) or to
-    feature accentuation (class units read as log p_k, so that the target's probability rises)."""
-    changes: dict[str, Any] = {"regularizers": ()}
-    if isinstance(prior, GaussianPrior) and not accentuate:  # accentuation keeps the preset's smaller steps
-        changes["lr"] = PRIOR_LR
-    if accentuate:
-        pad = next((t.n for t in base.transforms if isinstance(t, Pad)), 2)
-        changes.update(class_objective="log_softmax", objective_ceiling=math.log(ACCENTUATE_TO),
-                       prior_weight=ACCENTUATE_WEIGHT, transforms=(Pad(pad), Jitter(pad)))
-    tag = "+prior" if prior is not None else ""
-    return replace(base, preset=base.preset + tag + ("+accentuate" if accentuate else ""), **changes)
-
-
 def _accentuation_record(origin: np.ndarray, final: np.ndarray, prior: Prior | None) -> dict[str, Any]:
     """How far each accentuated image moved from its start: pixel RMS and L2 in the unit range,
     and the whitened distance under a Gaussian prior."""
@@ -855,6 +716,7 @@ def _accentuation_record(origin: np.ndarray, final: np.ndarray, prior: Prior | N
 
 
 def _labels(objectives, unit_list, bound, ref, sizes) -> list[str]:
+    """Each image's label: its unit's class name (or index) for units, else its objective's description."""
     out: list[str] = []
     if unit_list is not None:
         names = bound[ref].class_names
@@ -895,13 +757,12 @@ def maximize(model: onnx.ModelProto | str | bytes, layer: Any = None, units: Any
 
     Units of a layer ending in softmax are read on its logits (``to_logits``). ``class_objective``
     says what is maximized there: ``"logit"``, the bare logit z_k (keras-vis, tf-keras-vis, Simonyan
-    et al. 2014; the small-image default: bold, digit-like strokes on MNIST), or ``"log_softmax"``,
-    log p_k computed from the logits by a LogSoftmax node put in place of the softmax (the
-    large-image default) — it builds the evidence for class k that the other classes do not share,
-    and unlike p_k its gradient does not vanish while p_k is small. Both are linear objectives of one
-    tensor: one onnxruntime run per step. On shapes_cnn, where classes share features (the "triangle"
-    evidence drives every triangle logit), bare logits give images the model files under another
-    class (p < 0.01 for some); log p_k does not. ``logits=False`` keeps the activation.
+    et al. 2014; the small-image default), or ``"log_softmax"``, log p_k computed from the logits by
+    a LogSoftmax node put in place of the softmax (the large-image default) — it builds the evidence
+    for class k that the other classes do not share (where classes share features, a bare logit's
+    image can belong to another class), and unlike p_k its gradient does not vanish while p_k is
+    small. Both are linear objectives of one tensor: one onnxruntime run per step. ``logits=False``
+    keeps the activation.
 
     Returns a :class:`MaximizeResult`: ``images`` of shape ``(units, *input shape without batch)`` in
     the model's own layout and value range, the objective per step per image, best-so-far images,
@@ -933,11 +794,4 @@ def first_conv_layer(model: onnx.ModelProto) -> str | None:
     """The tensor of the first convolution layer, after its activation when the conv feeds exactly
     one elementwise activation (a Keras ``Conv2D(activation="relu")`` layer's output); ``None`` when
     the model has no Conv."""
-    conv = next((n for n in model.graph.node if n.op_type == "Conv"), None)
-    if conv is None:
-        return None
-    tensor = conv.output[0]
-    readers = [n for n in model.graph.node if tensor in n.input]
-    if len(readers) == 1 and readers[0].op_type in ACTIVATIONS and readers[0].input[0] == tensor:
-        return readers[0].output[0]
-    return tensor
+    return next(iter(conv_layers(model, ("Conv",))), None)

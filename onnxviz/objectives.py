@@ -41,7 +41,7 @@ from .rewrite import expose, final_activation, to_logits
 
 __all__ = [
     "LayerRef", "BoundLayer", "Objective", "LinearObjective", "unit", "channel", "neuron", "direction",
-    "diversity", "as_objective", "bind_layer", "channel_axis", "resolve_layer",
+    "diversity", "as_objective", "bind_layer", "channel_axis", "resolve_layer", "layer_ref",
 ]
 
 # ----------------------------------------------------------------------------------------- layers
@@ -201,7 +201,8 @@ def _class_names_for(model: onnx.ModelProto, tensor: str, shape: tuple[int, ...]
     return tuple(names)
 
 
-def _ref(layer: Any, logits: bool) -> LayerRef:
+def layer_ref(layer: Any, logits: bool) -> LayerRef:
+    """``layer`` as a :class:`LayerRef` (kept as it is when it already is one)."""
     if isinstance(layer, LayerRef):
         return layer
     if isinstance(layer, np.integer):
@@ -558,26 +559,26 @@ class _Diversity(Objective):
 def unit(layer: Any = None, index: int = 0, *, logits: bool = True) -> LinearObjective:
     """Unit ``index`` of a dense layer (a class logit for the output layer, through ``to_logits``
     when it ends in softmax/sigmoid); on a feature map, the spatial mean of channel ``index``."""
-    return LinearObjective(((1.0, _UnitTerm(_ref(layer, logits), int(index))),))
+    return LinearObjective(((1.0, _UnitTerm(layer_ref(layer, logits), int(index))),))
 
 
 def channel(layer: Any, index: int, *, logits: bool = True) -> LinearObjective:
     """Spatial mean of channel ``index`` of a feature map (NCHW or NHWC, detected from the graph)."""
-    return LinearObjective(((1.0, _ChannelTerm(_ref(layer, logits), int(index))),))
+    return LinearObjective(((1.0, _ChannelTerm(layer_ref(layer, logits), int(index))),))
 
 
 def neuron(layer: Any, index: int, position: Sequence[int] | None = None, *,
            logits: bool = True) -> LinearObjective:
     """One neuron: channel ``index`` at spatial ``position`` (default: the center)."""
     pos = None if position is None else tuple(int(p) for p in position)
-    return LinearObjective(((1.0, _NeuronTerm(_ref(layer, logits), int(index), pos)),))
+    return LinearObjective(((1.0, _NeuronTerm(layer_ref(layer, logits), int(index), pos)),))
 
 
 def direction(layer: Any, vector: Sequence[float], *, logits: bool = True) -> LinearObjective:
     """``<vector, activation>`` along channels, averaged over positions (lucid's direction
     objective, per position mean instead of sum so its scale does not grow with the map size)."""
     vec = tuple(float(v) for v in np.asarray(vector, np.float64).ravel())
-    return LinearObjective(((1.0, _DirectionTerm(_ref(layer, logits), vec)),))
+    return LinearObjective(((1.0, _DirectionTerm(layer_ref(layer, logits), vec)),))
 
 
 def diversity(layer: Any, n: int, *, logits: bool = True) -> Objective:
@@ -585,4 +586,4 @@ def diversity(layer: Any, n: int, *, logits: bool = True) -> Objective:
     pairwise cosine similarity of their Gram matrices. Use as ``unit(...) + w * diversity(L, n)``
     (lucid: ``channel(...) - 1e2 * diversity(L)``; the sign here is already "more is more diverse").
     Nonlinear: each step runs the layer forward once more (about a third of a gradient step)."""
-    return _Diversity(_ref(layer, logits), int(n))
+    return _Diversity(layer_ref(layer, logits), int(n))
