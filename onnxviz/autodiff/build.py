@@ -19,6 +19,7 @@ import onnx
 from onnx import helper
 
 from ..errors import LayerNotFoundError, OnnxvizError, RewriteError, UnsupportedOpError
+from ..graphview import taken_names
 from .builder import FLOAT_TYPES, ForwardNode, GradBuilder, GraphInfo
 from .rules import RULES, ZERO_GRADIENT_OPS
 
@@ -203,8 +204,7 @@ def gradient_model(
 def _build(model: onnx.ModelProto, the_plan: GradientPlan, modifier: str | None) -> onnx.ModelProto:
     info = GraphInfo(model)
     graph = model.graph
-    taken = {n for node in graph.node for n in list(node.input) + list(node.output)}
-    taken |= {i.name for i in graph.input} | {i.name for i in graph.initializer} | {n.name for n in graph.node}
+    taken = taken_names(graph)
     g = GradBuilder(info, taken)
     g.modifier = modifier
 

@@ -12,6 +12,16 @@ from typing import Any
 __all__ = ["Value"]
 
 
+def _binary(op_type: str, reflected: bool = False):
+    """The operator method emitting ``op_type(self, other)``, or ``op_type(other, self)`` reflected."""
+
+    def method(self: "Value", other: Any) -> "Value":
+        a, b = self.name, self._of(other)
+        return self._emit(op_type, *((b, a) if reflected else (a, b)))
+
+    return method
+
+
 class Value:
     """One tensor name in a gradient graph under construction, with ``+ - * /``, unary ``-`` and
     the few elementwise functions rules need (``exp``, ``sign``, ``abs``, ``sigmoid``)."""
@@ -30,29 +40,10 @@ class Value:
     def _emit(self, op_type: str, *inputs: str) -> "Value":
         return Value(self.g, self.g.op(op_type, inputs), self.like)
 
-    def __add__(self, other: Any) -> "Value":
-        return self._emit("Add", self.name, self._of(other))
-
-    def __radd__(self, other: Any) -> "Value":
-        return self._emit("Add", self._of(other), self.name)
-
-    def __sub__(self, other: Any) -> "Value":
-        return self._emit("Sub", self.name, self._of(other))
-
-    def __rsub__(self, other: Any) -> "Value":
-        return self._emit("Sub", self._of(other), self.name)
-
-    def __mul__(self, other: Any) -> "Value":
-        return self._emit("Mul", self.name, self._of(other))
-
-    def __rmul__(self, other: Any) -> "Value":
-        return self._emit("Mul", self._of(other), self.name)
-
-    def __truediv__(self, other: Any) -> "Value":
-        return self._emit("Div", self.name, self._of(other))
-
-    def __rtruediv__(self, other: Any) -> "Value":
-        return self._emit("Div", self._of(other), self.name)
+    __add__, __radd__ = _binary("Add"), _binary("Add", reflected=True)
+    __sub__, __rsub__ = _binary("Sub"), _binary("Sub", reflected=True)
+    __mul__, __rmul__ = _binary("Mul"), _binary("Mul", reflected=True)
+    __truediv__, __rtruediv__ = _binary("Div"), _binary("Div", reflected=True)
 
     def __neg__(self) -> "Value":
         return self._emit("Neg", self.name)
